@@ -9,7 +9,7 @@ __all__ = ['FIRST_RECIPE_CODE', 'DROPOUT_OFFSET', 'SEED_RECIPES', 'Channel', 'Me
            'Dropout', 'RecipeBook', 'resolve_codes', 'load_channels', 'LoadChannels', 'MultiChannelBlock',
            'mask_overlay', 'show_batch', 'show_results']
 
-# %% ../nbs/03_channels.ipynb #35eeb321
+# %% ../nbs/03_channels.ipynb #22813e5d
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +26,7 @@ from skimage.segmentation import find_boundaries
 from .core import *
 from .io import read_image, normalize_percentile
 
-# %% ../nbs/03_channels.ipynb #038d671c
+# %% ../nbs/03_channels.ipynb #42fbfd1b
 def _channels(chs, recipe:str) -> tuple:
     chs = tuple(int(c) for c in np.atleast_1d(chs))
     if not chs or min(chs)<0:
@@ -62,15 +62,15 @@ class Blank:
     chs = ()
     def __call__(self, image, rng=None): return np.zeros(image.shape[1:], np.float32)
 
-def _check_p(p:float, recipe:str):
-    if not 0<=p<=1: raise ValueRangeError(recipe, f'probability {p}', 'a probability in [0, 1]', 'pass p between 0 and 1')
+def _check_p(p:float, name:str):
+    if not 0<=p<=1: raise ValueRangeError(name, f'{p}', 'a probability in [0, 1]', f'pass {name} between 0 and 1')
 
 @dataclass
 class MergeDropout:
     "The mean of channels `chs`, each kept with probability 1-`p` in training (at least one kept); all of them otherwise."
     chs:tuple # raw channels to average
     p:float=0.5 # probability of leaving a channel out of the mean
-    def __post_init__(self): self.chs = _channels(self.chs, 'MergeDropout'); _check_p(self.p, 'MergeDropout')
+    def __post_init__(self): self.chs = _channels(self.chs, 'MergeDropout'); _check_p(self.p, 'MergeDropout p')
     def __call__(self, image, rng=None):
         keep = np.ones(len(self.chs), bool)
         if rng is not None:
@@ -83,14 +83,14 @@ class Dropout:
     "`recipe`'s channel, blanked with probability `p` in training; codes 200-399 are this recipe."
     recipe:object # the recipe to drop out
     p:float # probability of a blank channel
-    def __post_init__(self): _check_p(self.p, 'Dropout')
+    def __post_init__(self): _check_p(self.p, 'Dropout p')
     @property
     def chs(self): return self.recipe.chs
     def __call__(self, image, rng=None):
         if rng is not None and rng.random()<self.p: return np.zeros(image.shape[1:], np.float32)
         return self.recipe(image, rng)
 
-# %% ../nbs/03_channels.ipynb #fc8a9c16
+# %% ../nbs/03_channels.ipynb #d9788520
 FIRST_RECIPE_CODE,DROPOUT_OFFSET = 51,200
 
 class RecipeBook(Mapping):
@@ -123,19 +123,21 @@ SEED_RECIPES = RecipeBook({
     111: MergeDropout([0, 3, 6], p=0.5),  # the fluorescent labels, merged with dropout
 })
 
-# %% ../nbs/03_channels.ipynb #782137e5
+# %% ../nbs/03_channels.ipynb #dbcba4fd
 _MAX_RAW = FIRST_RECIPE_CODE-1
 
 def _resolve(code, book:RecipeBook, channel_dropout:float, source):
-    base = code-DROPOUT_OFFSET if isinstance(code, (int, np.integer)) and code>=DROPOUT_OFFSET else code
-    if isinstance(base, (int, np.integer)) and 0<=base<=_MAX_RAW: recipe = Channel(int(base))
-    elif isinstance(base, (int, np.integer)) and base in book: recipe = book[base]
+    is_int = isinstance(code, (int, np.integer))
+    dropout = is_int and code>=DROPOUT_OFFSET
+    base = code-DROPOUT_OFFSET if dropout else code
+    if is_int and 0<=base<=_MAX_RAW: recipe = Channel(int(base))
+    elif is_int and base in book: recipe = book[base]
     else:
         known = ', '.join(map(str, book)) or 'none in this book'
-        fix = (f'add a recipe for it, e.g. recipes=SEED_RECIPES | {{{base}: Merge([0, 1])}}' if isinstance(base, (int, np.integer)) and FIRST_RECIPE_CODE<=base<DROPOUT_OFFSET
+        fix = (f'add a recipe for it, e.g. recipes=SEED_RECIPES | {{{base}: Merge([0, 1])}}' if is_int and FIRST_RECIPE_CODE<=base<DROPOUT_OFFSET
                else 'use 0-50 for a raw channel, 51-199 for a recipe, or 200-399 for one of those with dropout')
         raise ValueRangeError(source, f'loading code {code!r}', f'a raw channel 0-50, a recipe code ({known}) or 200 + one of these', fix)
-    return Dropout(recipe, channel_dropout) if base is not code else recipe
+    return Dropout(recipe, channel_dropout) if dropout else recipe
 
 def resolve_codes(codes:list, # loading codes, one per input channel of the model
                   recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
@@ -143,10 +145,11 @@ def resolve_codes(codes:list, # loading codes, one per input channel of the mode
                   source='loading codes' # where the codes come from, for error messages
                  ) -> list:
     "The recipe behind each loading code."
+    _check_p(channel_dropout, 'channel_dropout')
     book = recipes if isinstance(recipes, RecipeBook) else RecipeBook(recipes)
     return [_resolve(c, book, channel_dropout, source) for c in codes]
 
-# %% ../nbs/03_channels.ipynb #1acb8f97
+# %% ../nbs/03_channels.ipynb #04628aa5
 def _check_channels(recipes:list, codes:list, n_channels:int, source):
     for code,recipe in zip(codes, recipes):
         if recipe.chs and max(recipe.chs)>=n_channels:
@@ -174,9 +177,11 @@ def load_channels(image:np.ndarray, # (C,H,W) image
     source = source or f'image of shape {image.shape}'
     return _load(image, resolve_codes(codes, recipes, channel_dropout, source), codes, as_rng(seed) if train else None, source)
 
-# %% ../nbs/03_channels.ipynb #dd12640a
+# %% ../nbs/03_channels.ipynb #fb16cc09
 def _describe(item) -> str:
-    return f'{item[0]} (+{len(item)-1} more files)' if isinstance(item, (list, tuple)) and len(item)>1 else str(item[0] if isinstance(item, (list, tuple)) else item)
+    "The file(s) behind `item`, for error messages."
+    if not isinstance(item, (list, tuple)): return str(item)
+    return str(item[0]) + (f' (+{len(item)-1} more files)' if len(item)>1 else '')
 
 def _read_item(item, axes:str|None) -> np.ndarray:
     if not isinstance(item, (list, tuple)): return read_image(item, axes)
@@ -216,7 +221,7 @@ class LoadChannels(ItemTransform):
         if self.normalize is not None: image = normalize_percentile(image, *self.normalize)
         return _load(image, self.recipes, self.codes, self._rng() if train else None, source or f'image of shape {image.shape}')
 
-# %% ../nbs/03_channels.ipynb #46dd6dbc
+# %% ../nbs/03_channels.ipynb #1c830327
 def MultiChannelBlock(
     codes:list, # loading codes, one per input channel of the model
     recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
@@ -228,7 +233,7 @@ def MultiChannelBlock(
     "A `TransformBlock` for multi-channel image files fed to the model through loading `codes`."
     return TransformBlock(type_tfms=[LoadChannels(codes, recipes, channel_dropout, normalize, axes, seed), TensorMultiChannel.create])
 
-# %% ../nbs/03_channels.ipynb #98cc222b
+# %% ../nbs/03_channels.ipynb #4f5f638a
 @patch
 def affine_coord(x:TensorMultiChannel, mat=None, coord_tfm=None, sz=None, mode='bilinear', pad_mode=PadMode.Reflection, align_corners=True):
     "Apply affine and coordinate transforms to every channel of `x`, as to a `TensorImage`."
@@ -247,7 +252,7 @@ _encodes_affine.__name__ = _encodes_lighting.__name__ = 'encodes'
 for _cls in _with_subclasses(AffineCoordTfm)+[RandomResizedCropGPU]: _cls(_encodes_affine)
 for _cls in (LightingTfm, Brightness, Contrast): _cls(_encodes_lighting)
 
-# %% ../nbs/03_channels.ipynb #767f6581
+# %% ../nbs/03_channels.ipynb #059e706b
 def mask_overlay(x, # (C,H,W) image, tensor or array
                  mask, # (H,W) integer mask
                  color=(1., 1., 0.) # RGB colour of the outlines

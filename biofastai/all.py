@@ -1,0 +1,9 @@
+"Everything biofastai exports, for `from biofastai.all import *` in notebooks."
+from .core import *
+from .synth import *
+from .io import *
+from .channels import *
+from .tiles import *
+from .losses import *
+from .metrics import *
+from .cli import *
