@@ -15,7 +15,7 @@ overhead = tiled_s / (whole_s * pixel_ratio) <= 1.2 and max_seam <= 1e-3.
 import argparse, resource, subprocess, sys, time
 import numpy as np, torch
 from torch import nn
-from biofastai.tiles import predict_tiled, seam_score, tile_starts
+from biofastai.tiles import predict_tiled, seam_score
 
 class ResBlock(nn.Module):
     "Two 3x3 convolutions with a skip connection."
@@ -43,8 +43,7 @@ def whole(model, image):
 def tiled(model, image, kw): return predict_tiled(model, image, **kw)
 
 def best_times(fs, repeats):
-    "Best time of each function over `repeats` interleaved rounds after a warm-up, so load from others hits all alike."
-    for f in fs: f()
+    "Best time of each function over `repeats` interleaved rounds, so load from other processes hits all alike."
     ts = [[] for _ in fs]
     for _ in range(repeats):
         for f,t in zip(fs, ts):
@@ -76,7 +75,7 @@ def main():
     p.add_argument('--tile', type=int, default=256)
     p.add_argument('--overlap', type=int, default=32)
     p.add_argument('--batch-size', type=int, default=4)
-    p.add_argument('--repeats', type=int, default=3, help='timed runs after one warm-up; the best counts')
+    p.add_argument('--repeats', type=int, default=3, help='timed rounds after one warm-up; the best counts')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--measure', choices=['whole', 'tiled'], help=argparse.SUPPRESS)
@@ -84,16 +83,18 @@ def main():
     if args.measure: return measure_peak(args)
 
     model, image, radius, kw = setup(args)
-    whole_s, tiled_s = best_times([lambda: whole(model, image), lambda: tiled(model, image, kw)], args.repeats)
+    pixels = []  # pixels the model sees, counted during the warm-up runs
+    hook = model.register_forward_pre_hook(lambda m, a: pixels.append(a[0][:, 0].numel()))
     ref, out = whole(model, image), tiled(model, image, kw)
-    n_tiles = len(tile_starts(max(args.size, args.tile), args.tile, args.overlap+args.overlap//2))**2
-    pixel_ratio = n_tiles*args.tile**2/args.size**2
+    hook.remove()
+    whole_s, tiled_s = best_times([lambda: whole(model, image), lambda: tiled(model, image, kw)], args.repeats)
+    pixel_ratio = sum(pixels[1:])/pixels[0]
     overhead = tiled_s/(whole_s*pixel_ratio)
     max_seam = seam_score(out, ref, border=radius)
     max_diff = (out-ref)[:, radius:-radius, radius:-radius].abs().max().item()
     mem_whole, mem_tiled = peak_mb(args, 'whole'), peak_mb(args, 'tiled')
     ok = overhead<=1.2 and max_seam<=1e-3
-    print(f'size={args.size} tile={args.tile} overlap={args.overlap} radius={radius} tiles={n_tiles} threads={args.threads}')
+    print(f'size={args.size} tile={args.tile} overlap={args.overlap} radius={radius} tiles={sum(pixels[1:])//args.tile**2} threads={args.threads}')
     print(f'whole_s={whole_s:.3f} tiled_s={tiled_s:.3f} pixel_ratio={pixel_ratio:.3f} overhead={overhead:.3f} '
           f'max_seam={max_seam:.2e} max_diff={max_diff:.2e} peak_mem_whole_mb={mem_whole:.0f} peak_mem_tiled_mb={mem_tiled:.0f} '
           f'target_met={ok}')

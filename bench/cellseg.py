@@ -1,0 +1,119 @@
+"""Cell segmentation on held-out synthetic cells: U-Net against an Otsu threshold, and a loading-code ablation.
+
+Data: `biofastai.synth.synth_cells`, 16-channel fields of view (0-8 fluorescence: cytoplasm, membrane, mitochondria at
+gains 0.25/1/4; 9-15 bright-field planes at defocus -3..+3, 12 in focus), a quarter of them cell-free controls.
+The models train on 32 fields (seed 0; cellseg_train holds out a fifth of them for its validation loss) and are
+scored on 16 other fields (seed 1) that no step of training or model choice sees.
+
+Models: `cellseg_train` (fastai unet_learner, weighted cross-entropy, one-cycle) with the same recipe for every
+loading code, trained from scratch on 48x48 random crops and predicting whole 128x128 fields. To run in CPU minutes
+the encoder is a ResNet-18 at half width (fastai's `xresnet18(widen=0.5)`, 7.9 M parameters with its decoder)
+instead of the workflow's default pretrained ResNet-34 (41 M).
+
+Scores, per held-out image: Dice, IoU, precision and recall of cell pixels on the fields with cells, with the mean
+and 95% t-interval from `compare_models`; on the cell-free controls, `clean` = 1 when no pixel is called a cell.
+
+Baseline: Otsu's threshold (skimage) of each image after percentile normalisation and a Gaussian blur (sigma 1),
+holes filled. The channel it thresholds, one of the nine fluorescence channels or the merge of 0, 3 and 6, is the one
+with the best mean Dice on the 32 training fields: picked on training data, scored on held-out data, like the model.
+Otsu always splits an image in two, so it calls cells on every cell-free control (clean = 0).
+
+Target (DESIGN.md section 6): Dice >= 0.90 on the held-out fields with cells for the fluorescence model, loading codes
+[0, 3, 6]. Last line: key=value figures; exit status 1 when the target is missed or an experiment fails.
+Run: python bench/cellseg.py [--out DIR]   (a few minutes on 2 CPU cores)
+"""
+import argparse, shutil, sys, tempfile, time, warnings
+from functools import partial
+from pathlib import Path
+import numpy as np, pandas as pd
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from fastai.torch_core import defaults
+from fastai.callback.progress import ProgressCallback
+from fastai.vision.models.xresnet import xresnet18
+from biofastai.synth import synth_cells, CELL_CHANNELS
+from biofastai.io import read_image, read_mask, normalize_percentile
+from biofastai.metrics import dice
+from biofastai.cellseg import cellseg_items, cellseg_train, cellseg_evaluate
+from biofastai.compare import compare_models
+
+FLUORESCENCE, TARGET = [0, 3, 6], 0.90
+RECIPES = {  # name: (loading codes, what the model sees)
+    'fluorescence': (FLUORESCENCE, 'cytoplasm, membrane, mitochondria (gain 0.25) as 3 channels'),
+    'fluo_merged': ([100], 'the same three channels merged into one'),
+    'bf_in_focus': ([12], 'the in-focus bright-field plane only'),
+    'bf_random_plane': ([103], 'one bright-field plane of 9-15, at random in training'),
+}
+
+def otsu_mask(image:np.ndarray, channels:list) -> np.ndarray:
+    "Otsu's threshold of the blurred, normalised mean of `channels` of `image`, holes filled."
+    x = ndi.gaussian_filter(normalize_percentile(image[channels]).mean(0), 1.)
+    return ndi.binary_fill_holes(x > threshold_otsu(x))
+
+def otsu_scores(items:pd.DataFrame, channels:list) -> pd.DataFrame:
+    "Per-image Dice on fields with cells, and clean (nothing called a cell) on cell-free fields."
+    rows = []
+    for img,msk in zip(items['image'], items['mask']):
+        p, t = otsu_mask(read_image(img), channels), read_mask(msk)>0
+        rows.append(dict(dice=dice(p, t) if t.any() else np.nan, clean=np.nan if t.any() else float(not p.any())))
+    return pd.DataFrame(rows)
+
+def otsu_baseline(train_root:Path, test_root:Path) -> tuple[str, pd.DataFrame]:
+    "The Otsu channel choice with the best mean Dice on the training fields, and its held-out scores."
+    choices = {f'channel {c} ({CELL_CHANNELS[c]})': [c] for c in range(9)} | {'merge of 0, 3, 6': FLUORESCENCE}
+    train_items = cellseg_items(train_root)
+    best = max(choices, key=lambda k: otsu_scores(train_items, choices[k]).dice.mean())
+    return best, otsu_scores(cellseg_items(test_root), choices[best])
+
+def evaluate(learn, test_root:Path) -> pd.DataFrame:
+    "The model's per-image scores on the held-out fields: cell metrics on fields with cells, clean on the others."
+    ev = cellseg_evaluate(learn, test_root, tile_size=128)
+    has_cells = np.array([read_mask(m).any() for m in cellseg_items(test_root)['mask']])
+    out = ev[['image', 'dice', 'iou', 'precision', 'recall']].copy()
+    out.loc[~has_cells, ['dice', 'iou', 'precision', 'recall']] = np.nan
+    out['clean'] = np.where(has_cells, np.nan, ev.dice)  # on a cell-free field, Dice is 1 exactly when nothing is predicted
+    return out
+
+def main(out:Path, epochs:int, seed:int=0) -> int:
+    start = time.perf_counter()
+    train_root = synth_cells(out/'train', n=32, size=128, seed=seed)
+    test_root = synth_cells(out/'test', n=16, size=128, seed=seed+1)
+    otsu_choice, otsu = otsu_baseline(train_root, test_root)
+
+    arch = partial(xresnet18, widen=0.5)
+    experiments = [dict(name=n, loading_codes=codes, arch=arch, penalty=1., epochs=epochs, lr=3e-3) for n,(codes,_) in RECIPES.items()]
+    train = partial(cellseg_train, source=train_root, size=48, bs=8, seed=seed, pretrained=False, num_workers=0)
+    res = compare_models(experiments, train, partial(evaluate, test_root=test_root), out/'models', seed=seed)
+
+    pd.set_option('display.width', 200)
+    table = pd.DataFrame({'loading_codes': res.loading_codes.map(str),
+                          'dice [95% CI]': [f'{r.dice:.3f} [{r.dice_lo:.3f}, {r.dice_hi:.3f}]' for r in res.itertuples()],
+                          'iou': res.iou.round(3), 'precision': res.precision.round(3), 'recall': res.recall.round(3),
+                          'clean_negatives': res.clean.round(2), 'train_s': res.train_time.round(0), 'input': [RECIPES[n][1] for n in res.index]},
+                         index=res.index)
+    n_cells, n_neg = int(otsu.dice.notna().sum()), int(otsu.clean.notna().sum())
+    print(f'\nLoading-code ablation: {len(res)} recipes, same split, seed and schedule ({epochs} epochs, {res.n_params.iloc[0]:,} parameters); '
+          f'held-out: {n_cells} fields with cells, {n_neg} cell-free')
+    print(table.to_string())
+    print(f"Otsu baseline ({otsu_choice}, chosen on the training fields): dice {otsu.dice.mean():.3f}, clean_negatives {otsu.clean.mean():.2f}")
+
+    failed = list(res.index[res.status=='failed'])
+    dice_model = float(res.loc['fluorescence', 'dice']) if 'fluorescence' not in failed else float('nan')
+    target_met = bool(dice_model >= TARGET) and not failed
+    print(f"dice_model={dice_model:.3f} dice_model_lo={res.loc['fluorescence', 'dice_lo']:.3f} dice_otsu={otsu.dice.mean():.3f} "
+          f"best_recipe={res.dice.idxmax()} dice_bf_in_focus={res.loc['bf_in_focus', 'dice']:.3f} "
+          f"dice_bf_random_plane={res.loc['bf_random_plane', 'dice']:.3f} clean_negatives_model={res.loc['fluorescence', 'clean']:.2f} "
+          f"failed={len(failed)} seconds={time.perf_counter()-start:.0f} target_met={target_met}")
+    return 0 if target_met else 1
+
+if __name__=='__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--out', type=Path, help='keep data and models here (a re-run reuses finished models); default: a temporary folder')
+    p.add_argument('--epochs', type=int, default=10, help='epochs per model')
+    args = p.parse_args()
+    warnings.filterwarnings('ignore')
+    defaults.callbacks = [cb for cb in defaults.callbacks if cb is not ProgressCallback]  # one line per epoch, no bars
+    out = args.out or Path(tempfile.mkdtemp(prefix='bench_cellseg_'))
+    try: sys.exit(main(out, args.epochs))
+    finally:
+        if args.out is None: shutil.rmtree(out, ignore_errors=True)

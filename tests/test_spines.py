@@ -1,0 +1,94 @@
+"Spine counting: a briefly trained CNN counts better than a tuned LoG, the scanner equals the patch loop, bad input fails clearly."
+import numpy as np, pandas as pd, pytest
+from fastai.torch_core import set_seed
+from fastai.learner import load_learner
+from biofastai.core import ShapeError, EmptyDataError, ValueRangeError, MissingFileError
+from biofastai.io import write_tiff
+from biofastai.synth import synth_dendrites, make_dendrite
+from biofastai.metrics import count_error
+from biofastai.spines import (read_spines, spines_dls, spines_learner, spine_patches, scan, scan_patchwise, tune_counter,
+                              count_spines, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A spine learner trained briefly on 5 synthetic dendrites, its counter tuned on the held-out validation image(s)."
+    tmp = tmp_path_factory.mktemp('spines')
+    imgs, pts = read_spines(synth_dendrites(tmp/'train', n=5, size=192, seed=0))
+    set_seed(0)
+    dls = spines_dls(imgs, pts, valid_pct=0.34, seed=0)
+    learn = spines_learner(dls)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 3e-3)
+    v = dls.valid_images
+    counter, _ = tune_counter([scan(learn, imgs[i]) for i in v], [pts[i] for i in v])
+    test_dir = synth_dendrites(tmp/'test', n=3, size=192, seed=1)
+    return dict(learn=learn, counter=counter, imgs=imgs, pts=pts, test_dir=test_dir, test=read_spines(test_dir))
+
+def test_counts_beat_log(trained):
+    test_imgs, test_pts = trained['test']
+    truth = [len(p) for p in test_pts]
+    model = count_error([count_spines(trained['learn'], im, trained['counter'])[0] for im in test_imgs], truth)['relative']
+    thr, _ = tune_log(trained['imgs'], [len(p) for p in trained['pts']])
+    log = count_error([len(log_spines(im, thr)) for im in test_imgs], truth)['relative']
+    print(f'relative count error: model {model:.3f}, LoG {log:.3f}')
+    assert model < log and model <= 0.15
+
+def test_trained_scanner_equals_patch_loop(trained):
+    im = trained['test'][0][0][:, 20:84, 30:130]
+    fast, slow = scan(trained['learn'], im, tile_size=40), scan_patchwise(trained['learn'], im, batch_size=300)
+    assert fast.shape == im.shape[1:]
+    assert np.abs(fast - slow).max() <= 1e-4
+    assert fast.max() > 0.9 and fast.min() < 0.1  # a trained map, not a constant
+
+def test_export_and_predict_folder(trained, tmp_path):
+    learn = trained['learn']
+    learn.export(tmp_path/'spines.pkl')
+    loaded = load_learner(tmp_path/'spines.pkl')
+    im = trained['test'][0][0]
+    np.testing.assert_allclose(scan(loaded, im), scan(learn, im), atol=1e-6)
+    counts = spines_predict_folder(loaded, trained['test_dir']/'images', tmp_path/'out', trained['counter'], figures=True, progress=False)
+    assert list(counts.file) == ['dendrite_000.tif', 'dendrite_001.tif', 'dendrite_002.tif']
+    assert pd.read_csv(tmp_path/'out'/'counts.csv').equals(counts)
+    table = pd.read_csv(tmp_path/'out'/'dendrite_000.csv')
+    n, spines = count_spines(learn, im, trained['counter'])
+    assert list(table.columns) == SPINE_COLUMNS and len(table) == n == counts['count'][0]
+    np.testing.assert_allclose(table[['y', 'x', 'size']].to_numpy(float), spines[['y', 'x', 'size']].to_numpy(float), atol=1e-6)
+    assert (table['size'] >= 1).all() and table.prob.between(trained['counter'].threshold, 1).all()
+    assert (tmp_path/'out'/'dendrite_000.png').stat().st_size > 1000
+
+@pytest.fixture
+def dataset(tmp_path):
+    "Two small annotated dendrites as files."
+    return synth_dendrites(tmp_path/'data', n=2, size=64, seed=3)
+
+def test_annotations_outside_image(dataset):
+    fn = dataset/'spines'/'dendrite_001.csv'
+    df = pd.read_csv(fn); df.loc[0, 'y'] = 70.; df.to_csv(fn, index=False)
+    with pytest.raises(ValueRangeError, match=r'dendrite_001\.csv.*1 of \d+ spine centres outside the 64x64 image \(first: y=70'):
+        read_spines(dataset)
+
+def test_image_smaller_than_patch(dataset):
+    imgs, pts = read_spines(dataset)
+    with pytest.raises(ShapeError, match='image 1: found an image of 30x64 pixels, expected at least the patch size, 40x40'):
+        spines_dls([imgs[0], imgs[1][:, :30]], [pts[0], pts[1][pts[1][:, 0] < 30]])
+    with pytest.raises(ShapeError, match='image 0: found an image of 64x64 pixels, expected at least the patch size, 80x80'):
+        spine_patches(imgs, pts, patch_size=80)
+
+def test_no_positive_patches(dataset):
+    for fn in (dataset/'spines').glob('*.csv'): pd.DataFrame(columns=['y', 'x']).to_csv(fn, index=False)
+    imgs, pts = read_spines(dataset)
+    with pytest.raises(EmptyDataError, match='2 annotated images: found no spine centres, so no positive patches'):
+        spines_dls(imgs, pts)
+
+def test_missing_annotation_file(dataset):
+    (dataset/'spines'/'dendrite_000.csv').unlink()
+    with pytest.raises(MissingFileError, match=r'dendrite_000\.tif: found no annotation file'):
+        read_spines(dataset)
+
+def test_point_image_annotations(dataset):
+    "Centres given as a point image (one pixel per spine) give the same patches as the CSV table."
+    imgs, pts = read_spines(dataset)
+    c = np.rint(pts[0]); c = c[np.lexsort((c[:, 1], c[:, 0]))]   # the order in which a point image is read: row by row
+    pim = np.zeros(imgs[0].shape[1:], np.uint8); pim[tuple(c.astype(int).T)] = 1
+    x_csv, y_csv, _ = spine_patches(imgs[:1], [c], seed=0)
+    x_pim, y_pim, _ = spine_patches(imgs[:1], [pim], seed=0)
+    np.testing.assert_array_equal(x_csv, x_pim); np.testing.assert_array_equal(y_csv, y_pim)
