@@ -45,9 +45,10 @@ def main():
     dls = rescunet_dls(tmp/'samples', bs=16, seed=args.seed)
     learn = rescunet_learner(dls, concat_level=args.concat_level, width=args.width)
     t0 = time.perf_counter()
-    with learn.no_bar(): learn.fit_one_cycle(args.epochs, args.lr)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, args.lr)
     train_s = time.perf_counter()-t0
-    print(f'trained {args.epochs} epochs on {len(dls.train_ds)} samples in {train_s:.0f}s; valid IoU {learn.recorder.values[-1][-1]:.3f}')
+    print(f'trained {args.epochs} epochs on {len(dls.train_ds)} samples in {train_s:.0f}s; valid IoU by epoch',
+          ' '.join(f'{v[-1]:.3f}' for v in learn.recorder.values))
 
     model, copy, t0 = [], [], time.perf_counter()
     for i in range(args.n_train, args.n_train+args.n_test):

@@ -127,7 +127,7 @@ def test_hela_nuclei_propagation(tmp_path):
     video, seg = tifffile.imread(img_fn), tifffile.imread(seg_fn)
     assert video.shape == seg.shape == (20, 700, 1100)
     labels = link_labels(seg)   # the per-frame ids are not consistent over time
-    n = write_rescunet_samples(video[:, :350, :450], labels[:, :350, :450], tmp_path, 'hela', crop_size=48)
+    samples = write_rescunet_samples(video[:, :350, :450], labels[:, :350, :450], tmp_path, 'hela', crop_size=48)
     set_seed(0)
     learn = rescunet_learner(rescunet_dls(tmp_path, bs=16), width=8)
     fit_quietly(learn, 3, 3e-3)
@@ -137,6 +137,6 @@ def test_hela_nuclei_propagation(tmp_path):
     pred = propagate_labels(learn, video, first, progress=False)
     truth = np.where(np.isin(labels, tracks), labels, 0)
     model, copy = track_ious(pred, truth).mean(), track_ious(np.stack([first]*len(truth)), truth).mean()
-    print(f'{len(n)} training samples; {len(tracks)} test tracks; mean IoU over 19 frames: ReSCU-Net {model:.3f}, copy of the first mask {copy:.3f}')
+    print(f'{len(samples)} training samples; {len(tracks)} test tracks; mean IoU over 19 frames: ReSCU-Net {model:.3f}, copy of the first mask {copy:.3f}')
     assert len(tracks) >= 10
     assert model > copy + 0.2

@@ -11,13 +11,13 @@ from biofastai.spines import (read_spines, spines_dls, spines_learner, spine_pat
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    "A spine learner trained briefly on 5 synthetic dendrites, its counter tuned on the held-out validation image(s)."
+    "A spine learner trained briefly on 6 synthetic dendrites, its counter tuned on the 2 held-out validation images."
     tmp = tmp_path_factory.mktemp('spines')
-    imgs, pts = read_spines(synth_dendrites(tmp/'train', n=5, size=192, seed=0))
+    imgs, pts = read_spines(synth_dendrites(tmp/'train', n=6, size=192, seed=0))
     set_seed(0)
     dls = spines_dls(imgs, pts, valid_pct=0.34, seed=0)
     learn = spines_learner(dls)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 3e-3)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-3)
     v = dls.valid_images
     counter, _ = tune_counter([scan(learn, imgs[i]) for i in v], [pts[i] for i in v])
     test_dir = synth_dendrites(tmp/'test', n=3, size=192, seed=1)
