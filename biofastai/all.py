@@ -6,4 +6,6 @@ from .channels import *
 from .tiles import *
 from .losses import *
 from .metrics import *
+from .rescunet import *
+from .spines import *
 from .cli import *
