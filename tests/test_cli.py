@@ -19,3 +19,14 @@ def test_synth_all_writes_every_dataset(tmp_path):
 def test_unknown_workflow_is_refused(tmp_path):
     r = run_cli('synth', 'nope', str(tmp_path))
     assert r.returncode == 2 and 'invalid choice' in r.stderr
+
+def test_cellseg_train_and_predict(tmp_path):
+    "The README's main job in miniature: built-in cells, a short training, a folder of predicted masks."
+    assert run_cli('synth', 'cells', str(tmp_path/'cells'), '--n', '8').returncode == 0
+    r = run_cli('cellseg', 'train', str(tmp_path/'cells'), '--codes', '1', '4', '7', '--arch', 'resnet18', '--epochs', '1',
+                '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained', '--out', str(tmp_path/'model.pkl'))
+    assert r.returncode == 0, r.stderr
+    assert 'validation: dice=' in r.stdout and (tmp_path/'model.pkl').exists()
+    r = run_cli('cellseg', 'predict', str(tmp_path/'model.pkl'), str(tmp_path/'cells'/'FullImage'), str(tmp_path/'pred'))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path/'pred'/'masks').glob('*.tif'))) == 8
