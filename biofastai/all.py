@@ -6,6 +6,8 @@ from .channels import *
 from .tiles import *
 from .losses import *
 from .metrics import *
+from .cellseg import *
 from .rescunet import *
 from .spines import *
+from .compare import *
 from .cli import *
