@@ -6,10 +6,10 @@ Docs: https://biofastai.github.io/biofastai/channels.html.md"""
 
 # %% auto #0
 __all__ = ['FIRST_RECIPE_CODE', 'DROPOUT_OFFSET', 'SEED_RECIPES', 'Channel', 'Merge', 'RandomOf', 'Blank', 'MergeDropout',
-           'Dropout', 'RecipeBook', 'resolve_codes', 'load_channels', 'LoadChannels', 'MultiChannelBlock',
-           'mask_overlay', 'show_batch', 'show_results']
+           'Dropout', 'RecipeBook', 'resolve_codes', 'load_channels', 'describe_item', 'read_channels', 'LoadChannels',
+           'MultiChannelBlock', 'mask_overlay', 'show_batch', 'show_results']
 
-# %% ../nbs/03_channels.ipynb #22813e5d
+# %% ../nbs/03_channels.ipynb #6e6ef75a
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +26,7 @@ from skimage.segmentation import find_boundaries
 from .core import *
 from .io import read_image, normalize_percentile
 
-# %% ../nbs/03_channels.ipynb #42fbfd1b
+# %% ../nbs/03_channels.ipynb #ba471653
 def _channels(chs, recipe:str) -> tuple:
     chs = tuple(int(c) for c in np.atleast_1d(chs))
     if not chs or min(chs)<0:
@@ -90,7 +90,7 @@ class Dropout:
         if rng is not None and rng.random()<self.p: return np.zeros(image.shape[1:], np.float32)
         return self.recipe(image, rng)
 
-# %% ../nbs/03_channels.ipynb #d9788520
+# %% ../nbs/03_channels.ipynb #7bb55919
 FIRST_RECIPE_CODE,DROPOUT_OFFSET = 51,200
 
 class RecipeBook(Mapping):
@@ -123,7 +123,7 @@ SEED_RECIPES = RecipeBook({
     111: MergeDropout([0, 3, 6], p=0.5),  # the fluorescent labels, merged with dropout
 })
 
-# %% ../nbs/03_channels.ipynb #dbcba4fd
+# %% ../nbs/03_channels.ipynb #9fa0e82e
 _MAX_RAW = FIRST_RECIPE_CODE-1
 
 def _resolve(code, book:RecipeBook, channel_dropout:float, source):
@@ -149,7 +149,7 @@ def resolve_codes(codes:list, # loading codes, one per input channel of the mode
     book = recipes if isinstance(recipes, RecipeBook) else RecipeBook(recipes)
     return [_resolve(c, book, channel_dropout, source) for c in codes]
 
-# %% ../nbs/03_channels.ipynb #04628aa5
+# %% ../nbs/03_channels.ipynb #b3619d04
 def _check_channels(recipes:list, codes:list, n_channels:int, source):
     for code,recipe in zip(codes, recipes):
         if recipe.chs and max(recipe.chs)>=n_channels:
@@ -177,17 +177,21 @@ def load_channels(image:np.ndarray, # (C,H,W) image
     source = source or f'image of shape {image.shape}'
     return _load(image, resolve_codes(codes, recipes, channel_dropout, source), codes, as_rng(seed) if train else None, source)
 
-# %% ../nbs/03_channels.ipynb #fb16cc09
-def _describe(item) -> str:
+# %% ../nbs/03_channels.ipynb #5370b750
+def describe_item(item # a file, or a tuple of per-channel files
+                 ) -> str:
     "The file(s) behind `item`, for error messages."
     if not isinstance(item, (list, tuple)): return str(item)
     return str(item[0]) + (f' (+{len(item)-1} more files)' if len(item)>1 else '')
 
-def _read_item(item, axes:str|None) -> np.ndarray:
+def read_channels(item, # a file, or a tuple of per-channel files of one size
+                  axes:str|None=None # axes of files without axes metadata, e.g. 'CYX' (see `read_image`)
+                 ) -> np.ndarray:
+    "The (C,H,W) image in a file, or stacked from a tuple of per-channel files."
     if not isinstance(item, (list, tuple)): return read_image(item, axes)
     images = [read_image(fn, axes) for fn in item]
     if len({im.shape[1:] for im in images})>1:
-        raise ShapeError(_describe(item), f'per-channel files of sizes {[im.shape[1:] for im in images]}', 'files of one size (H,W)',
+        raise ShapeError(describe_item(item), f'per-channel files of sizes {[im.shape[1:] for im in images]}', 'files of one size (H,W)',
                          'crop or resize the channels to the same size before stacking them')
     return np.concatenate(images)
 
@@ -216,12 +220,12 @@ class LoadChannels(ItemTransform):
     def __call__(self, x, split_idx:int|None=None, **kwargs): return super().__call__(x, split_idx=split_idx, train=split_idx==0, **kwargs)
 
     def encodes(self, x, train:bool=False) -> np.ndarray:
-        source = None if isinstance(x, (np.ndarray, torch.Tensor)) else _describe(x)
-        image = np.asarray(x if source is None else _read_item(x, self.axes), dtype=np.float32)
+        source = None if isinstance(x, (np.ndarray, torch.Tensor)) else describe_item(x)
+        image = np.asarray(x if source is None else read_channels(x, self.axes), dtype=np.float32)
         if self.normalize is not None: image = normalize_percentile(image, *self.normalize)
         return _load(image, self.recipes, self.codes, self._rng() if train else None, source or f'image of shape {image.shape}')
 
-# %% ../nbs/03_channels.ipynb #1c830327
+# %% ../nbs/03_channels.ipynb #014c1e2e
 def MultiChannelBlock(
     codes:list, # loading codes, one per input channel of the model
     recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
@@ -233,7 +237,7 @@ def MultiChannelBlock(
     "A `TransformBlock` for multi-channel image files fed to the model through loading `codes`."
     return TransformBlock(type_tfms=[LoadChannels(codes, recipes, channel_dropout, normalize, axes, seed), TensorMultiChannel.create])
 
-# %% ../nbs/03_channels.ipynb #4f5f638a
+# %% ../nbs/03_channels.ipynb #bcf900e3
 @patch
 def affine_coord(x:TensorMultiChannel, mat=None, coord_tfm=None, sz=None, mode='bilinear', pad_mode=PadMode.Reflection, align_corners=True):
     "Apply affine and coordinate transforms to every channel of `x`, as to a `TensorImage`."
@@ -252,7 +256,7 @@ _encodes_affine.__name__ = _encodes_lighting.__name__ = 'encodes'
 for _cls in _with_subclasses(AffineCoordTfm)+[RandomResizedCropGPU]: _cls(_encodes_affine)
 for _cls in (LightingTfm, Brightness, Contrast): _cls(_encodes_lighting)
 
-# %% ../nbs/03_channels.ipynb #059e706b
+# %% ../nbs/03_channels.ipynb #1bfab8c1
 def mask_overlay(x, # (C,H,W) image, tensor or array
                  mask, # (H,W) integer mask
                  color=(1., 1., 0.) # RGB colour of the outlines
