@@ -13,6 +13,8 @@ import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from fastprogress.fastprogress import progress_bar
+from fastcore.meta import delegates
+from skimage.filters import threshold_otsu
 from fastai.torch_core import TensorMask, set_seed, show_image
 from fasttransform import Pipeline
 from fastai.data.block import DataBlock, TransformBlock
@@ -28,7 +30,7 @@ from fastai.callback.core import get_c
 import fastai.callback.schedule, fastai.callback.progress  # Learner.fit_one_cycle, Learner.lr_find, progress bars
 from .core import *
 from .io import IMAGE_EXTS, read_image, read_mask, write_tiff, image_files
-from .channels import SEED_RECIPES, LoadChannels, MultiChannelBlock, mask_overlay, read_channels, describe_item
+from .channels import SEED_RECIPES, LoadChannels, MultiChannelBlock, channel_loader, read_channels, describe_item
 from .tiles import predict_tiled
 from .losses import WeightedCrossEntropy
 from .metrics import dice, iou, DiceMetric, IoUMetric
@@ -36,7 +38,7 @@ from .metrics import dice, iou, DiceMetric, IoUMetric
 # %% auto #0
 __all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'cellseg_dls', 'make_subimages', 'cellseg_learner',
            'cellseg_fit', 'augmentations', 'explore_transforms', 'cellseg_predict', 'cellseg_predict_folder',
-           'cellseg_evaluate', 'cellseg_train', 'plot_penalty_sweep', 'penalty_sweep']
+           'otsu_mask', 'cellseg_evaluate', 'cellseg_train', 'plot_penalty_sweep', 'penalty_sweep']
 
 # %% ../nbs/20_cellseg.ipynb #af799920
 DEFAULT_CODES = ('Background', 'Cell')
@@ -152,8 +154,9 @@ def _mask_block(codes:list) -> TransformBlock:
     "fastai's `MaskBlock`, reading masks with `read_mask` (TIFF, PNG or NPY, any integer type)."
     return TransformBlock(type_tfms=_mask_tensor, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
+@delegates(DataBlock.dataloaders)
 def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or images/ + masks/) or a DataFrame with columns image, mask [, is_valid]
-                loading_codes:list|None=None, # one code per model input channel (see `channels`); None: every channel of the first image
+                loading_codes:list|None=None, # loading codes, one per model input channel (see `channels`); None: every channel of the first image
                 codes:list|None=None, # class names; None: from codes.txt, else Background and Cell
                 size:int|None=None, # crop (training: at random) or pad samples to `size` x `size`; None: all samples must share one size
                 bs:int=8, # batch size
@@ -164,7 +167,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
                 normalize:tuple|None=(1., 99.8), # percentiles of each raw channel mapped to 0 and 1; None keeps the values
                 axes:str|None=None, # axes of image files without axes metadata, e.g. 'CYX'
                 batch_tfms=None, # augmentations; None: `aug_transforms(flip_vert=True)`
-                **kwargs # passed to `DataBlock.dataloaders`, e.g. num_workers
+                **kwargs
                ) -> DataLoaders:
     "Checked segmentation `DataLoaders` of multi-channel images, fed through `loading_codes`, and class masks."
     items, codes = cellseg_items(source), _codes(source, codes)
@@ -186,12 +189,6 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
     return dblock.dataloaders(items, bs=bs, **kwargs)
 
 # %% ../nbs/20_cellseg.ipynb #136896b1
-def _window(lo:int, hi:int, side:int, n:int) -> slice:
-    "A window of `side` pixels centred on [lo, hi), moved inside [0, n)."
-    side = min(side, n)
-    start = int(np.clip((lo+hi-side)//2, 0, n-side))
-    return slice(start, start+side)
-
 def _cell_free(labels:np.ndarray, size:int, n:int, rng, source) -> list:
     "Up to `n` random `size` x `size` windows of `labels` without any cell."
     h,w = labels.shape
@@ -228,8 +225,8 @@ def make_subimages(images, # folder of fields of view, or a list of image files
                                                       'pair each image with its own label image')
         if lbl.max()<=1: lbl = ndi.label(lbl)[0]
         h,w, stem = *lbl.shape, _name(img_fn)
-        crops = [('cell', (_window(ys.start, ys.stop, max(size, ys.stop-ys.start+2*padding), h),
-                           _window(xs.start, xs.stop, max(size, xs.stop-xs.start+2*padding), w)))
+        crops = [('cell', (centred_window(ys.start, ys.stop, max(size, ys.stop-ys.start+2*padding), h),
+                           centred_window(xs.start, xs.stop, max(size, xs.stop-xs.start+2*padding), w)))
                  for ys,xs in (b for b in ndi.find_objects(lbl) if b is not None)]
         crops += [('empty', win) for win in _cell_free(lbl, size, n_negative, rng, lbl_fn)]
         for i,(kind,(ys,xs)) in enumerate(crops):
@@ -240,15 +237,6 @@ def make_subimages(images, # folder of fields of view, or a list of image files
     return pd.DataFrame(rows)
 
 # %% ../nbs/20_cellseg.ipynb #3c342f4f
-def _channel_loader(dls:DataLoaders) -> LoadChannels:
-    "The `LoadChannels` transform that reads the model's inputs in `dls`."
-    for t in dls.train_ds.tls[0].tfms.fs:
-        if isinstance(t, LoadChannels): return t
-    raise ValueRangeError('DataLoaders', 'no LoadChannels transform in the inputs', 'DataLoaders of multi-channel images',
-                          'build them with cellseg_dls, or with a MultiChannelBlock')
-
-def _up32(n:int) -> int: return -(-int(n)//32)*32
-
 def _arch(arch):
     "A model constructor from a name such as 'resnet34', or `arch` itself."
     if callable(arch): return arch
@@ -258,24 +246,25 @@ def _arch(arch):
                               "pass arch='resnet34' (the seed's), or a function that builds an encoder")
     return fn
 
+@delegates(unet_learner, but=['n_in', 'n_out', 'normalize', 'pretrained', 'loss_func', 'metrics'])
 def cellseg_learner(dls:DataLoaders, # from `cellseg_dls`
                     arch='resnet34', # encoder: a name such as 'resnet18', 'resnet34', 'resnet50', or a model function
                     loading_codes:list|None=None, # the loading codes the model reads; None: those of `dls` (the input channels)
                     penalty:float=1., # cross-entropy weight of the cell classes relative to background
                     pretrained:bool=True, # start the encoder from ImageNet weights
                     metrics=None, # None: Dice and IoU of cell pixels
-                    **kwargs # passed to `unet_learner`, e.g. self_attention, blur, path
+                    **kwargs
                    ) -> Learner:
     "A U-Net learner for `dls` with one input channel per loading code and class-weighted cross-entropy."
-    load = _channel_loader(dls)
-    if loading_codes is not None and list(loading_codes)!=load.codes:
-        raise ValueRangeError('loading_codes', f'{list(loading_codes)} for DataLoaders built with {load.codes}', 'the loading codes of the DataLoaders',
+    load = channel_loader(dls)
+    if loading_codes is not None and list(loading_codes)!=load.loading_codes:
+        raise ValueRangeError('loading_codes', f'{list(loading_codes)} for DataLoaders built with {load.loading_codes}', 'the loading codes of the DataLoaders',
                               'leave loading_codes out, or build the DataLoaders with these codes')
     n_out = get_c(dls)
-    learn = unet_learner(dls, _arch(arch), n_in=len(load.codes), n_out=n_out, normalize=False, pretrained=pretrained,
+    learn = unet_learner(dls, _arch(arch), n_in=len(load.loading_codes), n_out=n_out, normalize=False, pretrained=pretrained,
                          loss_func=WeightedCrossEntropy([1.]+[float(penalty)]*(n_out-1)),
                          metrics=[DiceMetric(), IoUMetric()] if metrics is None else metrics, **kwargs)
-    learn.tile_size = max(256, _up32(max(dls.one_batch()[0].shape[-2:])))   # default tile at inference: at least the training size
+    learn.tile_size = max(256, round_up(max(dls.one_batch()[0].shape[-2:]), 32))   # default tile at inference: at least the training size
     return learn
 
 # %% ../nbs/20_cellseg.ipynb #40c7ecb4
@@ -284,12 +273,11 @@ def cellseg_fit(learn:Learner, # from `cellseg_learner`
                 lr:float|None=None, # peak learning rate; None: the LR finder's valley suggestion
                 freeze_epochs:int=5, # epochs with the pretrained encoder frozen first (pretrained learners only)
                ) -> Learner:
-    "Fit with the seed's recipe: frozen epochs at `lr`, then unfrozen at `slice(lr/100, lr/2)`."
+    "Fit with the seed's recipe through fastai's `fine_tune`: frozen epochs at `lr`, then unfrozen at `slice(lr/100, lr/2)`."
     if lr is None: lr = learn.lr_find(show_plot=False).valley
-    if getattr(learn, 'pretrained', False):
-        if freeze_epochs: learn.freeze(); learn.fit_one_cycle(freeze_epochs, lr)
-        learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2))
-    else: learn.fit_one_cycle(epochs, lr)
+    if not getattr(learn, 'pretrained', False): learn.fit_one_cycle(epochs, lr)
+    elif freeze_epochs: learn.fine_tune(epochs, lr, freeze_epochs, lr_mult=50)   # unfrozen at slice(lr/2/50, lr/2)
+    else: learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2))
     return learn
 
 # %% ../nbs/20_cellseg.ipynb #b0c6edfb
@@ -316,7 +304,7 @@ def explore_transforms(dls:DataLoaders, # from `cellseg_dls`
     pipes = {name: t if isinstance(t, Pipeline) else Pipeline([t], split_idx=0) for name,t in tfms.items()}
     out = {'original': (x, y)} | {name: p((x.clone(), y.clone())) for name,p in pipes.items()}
     axs = get_grid(len(out), ncols=min(ncols, len(out)), figsize=figsize)
-    for ax,(name,(xt,yt)) in zip(axs, out.items()): show_image(mask_overlay(xt[0], yt[0]), ctx=ax, title=name)
+    for ax,(name,(xt,yt)) in zip(axs, out.items()): show_image(outline_overlay(xt[0], [yt[0]]), ctx=ax, title=name)
     return axs
 
 # %% ../nbs/20_cellseg.ipynb #843fb60a
@@ -328,9 +316,9 @@ def cellseg_predict(learn:Learner, # from `cellseg_learner`, or `load_learner`
                    ) -> tuple[np.ndarray, np.ndarray]:
     "Class mask (H,W) uint8 and class probabilities (K,H,W) float32 of `image`, predicted tile by tile."
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim==2: image = image[None]
-    x = _channel_loader(learn.dls)(image)
+    x = channel_loader(learn.dls)(image)
     # tiles of a U-Net start on a 32-pixel grid, so 64 is the smallest tile that can overlap its neighbours
-    tile = min(max(tile_size or getattr(learn, 'tile_size', 256), 64), _up32(max(x.shape[-2:])))
+    tile = min(max(tile_size or getattr(learn, 'tile_size', 256), 64), round_up(max(x.shape[-2:]), 32))
     overlap = min(overlap, tile//4)
     probs = predict_tiled(learn, x, tile_size=tile, overlap=overlap, batch_size=batch_size, multiple=32, activation=learn.loss_func.activation)
     return probs.argmax(0).numpy().astype(np.uint8), probs.numpy()
@@ -352,27 +340,46 @@ def cellseg_predict_folder(learn:Learner, # from `cellseg_learner`, or `load_lea
     return pd.DataFrame(rows)
 
 # %% ../nbs/20_cellseg.ipynb #db32e053
-def _ratio(a:int, b:int) -> float: return float(a/b) if b else 1.
+def otsu_mask(x # (C,H,W) normalised image, e.g. the model's input
+             ) -> np.ndarray:
+    "The baseline: Otsu's threshold of the channel mean, blurred (sigma 1), holes filled."
+    m = ndi.gaussian_filter(np.asarray(x, np.float32).mean(0), 1.)
+    return ndi.binary_fill_holes(m > threshold_otsu(m)) if m.max()>m.min() else np.zeros(m.shape, bool)
 
-def _scores(learn:Learner, source=None, tile_size:int|None=None, overlap:int=32) -> pd.DataFrame:
-    "Per-image pixel counts and scores of the cell classes on the validation set or `source`."
+def _pixel_scores(p:np.ndarray, t:np.ndarray) -> dict:
+    "Cell-pixel scores of prediction `p` against truth `t`: Dice, IoU, precision, recall with cells; false-positive area without."
+    tp, fp, fn = int((p&t).sum()), int((p&~t).sum()), int((~p&t).sum())
+    nan = float('nan')
+    if not t.any(): return dict(dice=nan, iou=nan, precision=nan, recall=nan, fp_area=float(p.mean()), tp=tp, fp=fp, fn=fn)
+    return dict(dice=dice(p, t), iou=iou(p, t), precision=tp/(tp+fp) if tp+fp else nan, recall=tp/(tp+fn), fp_area=nan, tp=tp, fp=fp, fn=fn)
+
+def _scores(learn:Learner, source=None, tile_size:int|None=None, overlap:int=32, baseline:bool=False) -> pd.DataFrame:
+    "Per-image pixel counts and scores of the cell classes on the validation set or `source`, and of Otsu with `baseline`."
     items = learn.dls.valid_ds.items if source is None else cellseg_items(source)
-    rows = []
+    load, rows = channel_loader(learn.dls), []
     for img,msk in zip(items['image'], items['mask']):
         p, t = cellseg_predict(learn, img, tile_size, overlap)[0]!=0, read_mask(msk)!=0
-        tp, fp, fn = int((p&t).sum()), int((p&~t).sum()), int((~p&t).sum())
-        rows.append(dict(image=describe_item(img), dice=dice(p, t), iou=iou(p, t), precision=_ratio(tp, tp+fp), recall=_ratio(tp, tp+fn), tp=tp, fp=fp, fn=fn))
+        row = dict(image=describe_item(img), has_cells=bool(t.any()), **_pixel_scores(p, t))
+        if baseline: row |= {f'otsu_{k}': v for k,v in _pixel_scores(otsu_mask(load(img)), t).items() if k not in ('tp', 'fp', 'fn')}
+        rows.append(row)
     return pd.DataFrame(rows)
+
+_METRICS = ['dice', 'iou', 'precision', 'recall', 'fp_area']
+
+def _ratio(a:int, b:int) -> float: return float(a/b) if b else 1.
 
 def cellseg_evaluate(learn:Learner, # a trained learner
                      source=None, # None: the validation set; else a folder or DataFrame as for `cellseg_dls`
                      tile_size:int|None=None, # tile height and width, a multiple of 32; None: `learn.tile_size`
                      overlap:int=32, # pixels shared by neighbouring tiles
                     ) -> pd.DataFrame:
-    "Dice, IoU, precision and recall of the cell pixels of each image, predicted whole."
-    return _scores(learn, source, tile_size, overlap)[['image', 'dice', 'iou', 'precision', 'recall']]
+    "Per image: Dice, IoU, precision and recall of cell pixels on fields with cells, false-positive area on cell-free ones; model and Otsu."
+    res = _scores(learn, source, tile_size, overlap, baseline=True)[['image', 'has_cells', *_METRICS, *(f'otsu_{m}' for m in _METRICS)]]
+    res.attrs['baseline'] = 'otsu'
+    return res
 
 # %% ../nbs/20_cellseg.ipynb #869bc0f6
+@delegates(cellseg_dls, but=['loading_codes', 'size', 'bs', 'valid_pct', 'seed', 'channel_dropout'])
 def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs, lr; optional freeze_epochs, channel_dropout
                   source, # folder or DataFrame for `cellseg_dls`
                   size:int|None=None, # crop or pad samples to this size
@@ -381,7 +388,8 @@ def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs,
                   valid_pct:float=0.2, # fraction of samples for validation, unless `source` has an `is_valid` column
                   pretrained:bool=True, # start the encoder from ImageNet weights
                   freeze_epochs:int=5, # frozen epochs first, unless the experiment says otherwise (pretrained only)
-                  **kwargs # passed to `cellseg_dls`
+                  cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                  **kwargs
                  ) -> Learner:
     "Build the data and learner of one `experiment` and fit it with `cellseg_fit`; `compare_models` calls this."
     known = {'name', 'loading_codes', 'arch', 'penalty', 'epochs', 'lr', 'freeze_epochs', 'channel_dropout'}
@@ -391,7 +399,7 @@ def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs,
     e = dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.) | experiment
     set_seed(seed, reproducible=True)
     dls = cellseg_dls(source, e['loading_codes'], size=size, bs=bs, valid_pct=valid_pct, seed=seed, channel_dropout=e['channel_dropout'], **kwargs)
-    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained)
+    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained, cbs=cbs)
     return cellseg_fit(learn, e['epochs'], e['lr'], e['freeze_epochs'])
 
 # %% ../nbs/20_cellseg.ipynb #8fd2e755

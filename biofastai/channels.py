@@ -7,7 +7,7 @@ Docs: https://biofastai.github.io/biofastai/channels.html.md"""
 # %% auto #0
 __all__ = ['FIRST_RECIPE_CODE', 'DROPOUT_OFFSET', 'SEED_RECIPES', 'Channel', 'Merge', 'RandomOf', 'Blank', 'MergeDropout',
            'Dropout', 'RecipeBook', 'resolve_codes', 'load_channels', 'describe_item', 'read_channels', 'LoadChannels',
-           'MultiChannelBlock', 'mask_overlay', 'show_batch', 'show_results']
+           'MultiChannelBlock', 'channel_loader', 'show_batch', 'show_results']
 
 # %% ../nbs/03_channels.ipynb #6e6ef75a
 from collections.abc import Mapping
@@ -22,7 +22,6 @@ from fastai.data.block import TransformBlock
 from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, LightingTfm, Brightness, Contrast, PadMode
 from fastai.vision.data import get_grid
 from plum import dispatch
-from skimage.segmentation import find_boundaries
 from .core import *
 from .io import read_image, normalize_percentile
 
@@ -134,12 +133,13 @@ def _resolve(code, book:RecipeBook, channel_dropout:float, source):
     elif is_int and base in book: recipe = book[base]
     else:
         known = ', '.join(map(str, book)) or 'none in this book'
-        fix = (f'add a recipe for it, e.g. recipes=SEED_RECIPES | {{{base}: Merge([0, 1])}}' if is_int and FIRST_RECIPE_CODE<=base<DROPOUT_OFFSET
+        fix = (f'use a raw channel 0-50 or one of the recipe codes ({known}); in Python, a new code needs a recipe, e.g. recipes=SEED_RECIPES | {{{base}: Merge([0, 1])}}'
+               if is_int and FIRST_RECIPE_CODE<=base<DROPOUT_OFFSET
                else 'use 0-50 for a raw channel, 51-199 for a recipe, or 200-399 for one of those with dropout')
         raise ValueRangeError(source, f'loading code {code!r}', f'a raw channel 0-50, a recipe code ({known}) or 200 + one of these', fix)
     return Dropout(recipe, channel_dropout) if dropout else recipe
 
-def resolve_codes(codes:list, # loading codes, one per input channel of the model
+def resolve_codes(loading_codes:list, # loading codes, one per input channel of the model
                   recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
                   channel_dropout:float=0., # probability of blanking the channel of a code >= 200 in training
                   source='loading codes' # where the codes come from, for error messages
@@ -147,7 +147,7 @@ def resolve_codes(codes:list, # loading codes, one per input channel of the mode
     "The recipe behind each loading code."
     _check_p(channel_dropout, 'channel_dropout')
     book = recipes if isinstance(recipes, RecipeBook) else RecipeBook(recipes)
-    return [_resolve(c, book, channel_dropout, source) for c in codes]
+    return [_resolve(c, book, channel_dropout, source) for c in loading_codes]
 
 # %% ../nbs/03_channels.ipynb #b3619d04
 def _check_channels(recipes:list, codes:list, n_channels:int, source):
@@ -165,17 +165,17 @@ def _load(image:np.ndarray, recipes:list, codes:list, rng, source) -> np.ndarray
     return out
 
 def load_channels(image:np.ndarray, # (C,H,W) image
-                  codes:list, # loading codes, one per output channel
+                  loading_codes:list, # loading codes, one per output channel
                   recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
                   channel_dropout:float=0., # probability of blanking the channel of a code >= 200 in training
                   train:bool=True, # draw random choices; `False` makes the fixed validation choices
                   seed:int|np.random.Generator|None=None, # seed or generator for the random choices
                   source=None # the image's file, for error messages
                  ) -> np.ndarray:
-    "A (len(codes),H,W) float32 array with one channel per loading code of `image`."
+    "A (len(loading_codes),H,W) float32 array with one channel per loading code of `image`."
     image = np.asarray(image)
     source = source or f'image of shape {image.shape}'
-    return _load(image, resolve_codes(codes, recipes, channel_dropout, source), codes, as_rng(seed) if train else None, source)
+    return _load(image, resolve_codes(loading_codes, recipes, channel_dropout, source), loading_codes, as_rng(seed) if train else None, source)
 
 # %% ../nbs/03_channels.ipynb #5370b750
 def describe_item(item # a file, or a tuple of per-channel files
@@ -196,9 +196,9 @@ def read_channels(item, # a file, or a tuple of per-channel files of one size
     return np.concatenate(images)
 
 class LoadChannels(ItemTransform):
-    "Read an image (a file, a tuple of per-channel files or an array), normalise it and apply loading `codes`; random only on the training set."
+    "Read an image (a file, a tuple of per-channel files or an array), normalise it and apply `loading_codes`; random only on the training set."
     def __init__(self,
-        codes:list, # loading codes, one per output channel
+        loading_codes:list, # loading codes, one per output channel
         recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
         channel_dropout:float=0., # probability of blanking the channel of a code >= 200 in training
         normalize:tuple|None=(1., 99.8), # percentiles mapped to 0 and 1 for each raw channel; `None` keeps the values
@@ -206,8 +206,8 @@ class LoadChannels(ItemTransform):
         seed:int|None=None # seed for the random choices
     ):
         super().__init__()
-        self.codes,self.normalize,self.axes,self.channel_dropout = list(codes),normalize,axes,channel_dropout
-        self.recipes = resolve_codes(self.codes, recipes, channel_dropout)
+        self.loading_codes,self.normalize,self.axes,self.channel_dropout = list(loading_codes),normalize,axes,channel_dropout
+        self.recipes = resolve_codes(self.loading_codes, recipes, channel_dropout)
         self.seed = np.random.SeedSequence(seed).entropy
         self.rng,self._worker_seed = np.random.default_rng(self.seed),None
 
@@ -223,19 +223,29 @@ class LoadChannels(ItemTransform):
         source = None if isinstance(x, (np.ndarray, torch.Tensor)) else describe_item(x)
         image = np.asarray(x if source is None else read_channels(x, self.axes), dtype=np.float32)
         if self.normalize is not None: image = normalize_percentile(image, *self.normalize)
-        return _load(image, self.recipes, self.codes, self._rng() if train else None, source or f'image of shape {image.shape}')
+        return _load(image, self.recipes, self.loading_codes, self._rng() if train else None, source or f'image of shape {image.shape}')
 
 # %% ../nbs/03_channels.ipynb #014c1e2e
 def MultiChannelBlock(
-    codes:list, # loading codes, one per input channel of the model
+    loading_codes:list, # loading codes, one per input channel of the model
     recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
     channel_dropout:float=0., # probability of blanking the channel of a code >= 200 in training
     normalize:tuple|None=(1., 99.8), # percentiles mapped to 0 and 1 for each raw channel; `None` keeps the values
     axes:str|None=None, # axes of the files, for those without axes metadata, e.g. 'CYX' (see `read_image`)
     seed:int|None=None # seed for the random choices
 ) -> TransformBlock:
-    "A `TransformBlock` for multi-channel image files fed to the model through loading `codes`."
-    return TransformBlock(type_tfms=[LoadChannels(codes, recipes, channel_dropout, normalize, axes, seed), TensorMultiChannel.create])
+    "A `TransformBlock` for multi-channel image files fed to the model through `loading_codes`."
+    return TransformBlock(type_tfms=[LoadChannels(loading_codes, recipes, channel_dropout, normalize, axes, seed), TensorMultiChannel.create])
+
+# %% ../nbs/03_channels.ipynb #2103fbc4
+def channel_loader(dls # `DataLoaders` built with a `MultiChannelBlock`
+                  ) -> LoadChannels:
+    "The `LoadChannels` transform that reads the model's inputs in `dls`."
+    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None)
+    for t in (tls[0].tfms.fs if tls else []):
+        if isinstance(t, LoadChannels): return t
+    raise ValueRangeError('DataLoaders', 'no LoadChannels transform in the inputs', 'DataLoaders of multi-channel images',
+                          'build them with a workflow\'s *_dls function, or with a MultiChannelBlock')
 
 # %% ../nbs/03_channels.ipynb #bcf900e3
 @patch
@@ -257,24 +267,15 @@ for _cls in _with_subclasses(AffineCoordTfm)+[RandomResizedCropGPU]: _cls(_encod
 for _cls in (LightingTfm, Brightness, Contrast): _cls(_encodes_lighting)
 
 # %% ../nbs/03_channels.ipynb #1bfab8c1
-def mask_overlay(x, # (C,H,W) image, tensor or array
-                 mask, # (H,W) integer mask
-                 color=(1., 1., 0.) # RGB colour of the outlines
-                ) -> np.ndarray:
-    "An RGB (H,W,3) composite of `x` with the outlines of the objects in `mask` in `color`."
-    rgb = composite(x)
-    rgb[find_boundaries(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), mode='inner')] = color
-    return rgb
-
 @dispatch
 def show_batch(x:TensorMultiChannel, y:TensorMask, samples, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
-    return [show_image(mask_overlay(img, m), ctx=c, **kwargs) for (img,m),c,_ in zip(samples, ctxs, range(max_n))]
+    return [show_image(outline_overlay(img, [m]), ctx=c, **kwargs) for (img,m),c,_ in zip(samples, ctxs, range(max_n))]
 
 @dispatch
 def show_results(x:TensorMultiChannel, y:TensorMask, samples, outs, ctxs=None, max_n=6, nrows=None, ncols=1, figsize=None, **kwargs):
     n = min(len(samples), max_n)
     if ctxs is None: ctxs = get_grid(n, nrows=nrows, ncols=ncols, figsize=figsize, double=True, title='Target/Prediction')
-    ctxs[::2] = [show_image(mask_overlay(img, m), ctx=c, **kwargs) for (img,m),c in zip(samples[:n], ctxs[::2])]
-    ctxs[1::2] = [show_image(mask_overlay(s[0], o[0]), ctx=c, **kwargs) for s,o,c in zip(samples[:n], outs[:n], ctxs[1::2])]
+    ctxs[::2] = [show_image(outline_overlay(img, [m]), ctx=c, **kwargs) for (img,m),c in zip(samples[:n], ctxs[::2])]
+    ctxs[1::2] = [show_image(outline_overlay(s[0], [o[0]]), ctx=c, **kwargs) for s,o,c in zip(samples[:n], outs[:n], ctxs[1::2])]
     return ctxs

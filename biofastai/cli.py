@@ -6,8 +6,10 @@ Docs: https://biofastai.github.io/biofastai/cli.html.md"""
 
 # %% ../nbs/40_cli.ipynb #323c0e48
 from __future__ import annotations
-import argparse, sys
+import argparse, sys, traceback
 from pathlib import Path
+from fastai.learner import load_learner
+from .core import BioDataError, MissingFileError
 from .synth import SYNTH_DATASETS, synth_all
 from .cellseg import cellseg_train, cellseg_evaluate, cellseg_predict_folder
 
@@ -25,21 +27,33 @@ def synth_command(args):
     print(f"wrote {args.workflow} to {out}")
 
 # %% ../nbs/40_cli.ipynb #a1b29306
+def _validation_report(ev) -> str:
+    "One line: Dice over fields with cells and false-positive area over cell-free fields, model and Otsu."
+    cells, free = ev[ev.has_cells], ev[~ev.has_cells]
+    out = f"validation: dice={cells.dice.mean():.3f} (Otsu {cells.otsu_dice.mean():.3f}) over {len(cells)} fields with cells"
+    if len(free): out += f"; false-positive area={free.fp_area.mean():.4f} (Otsu {free.otsu_fp_area.mean():.4f}) over {len(free)} cell-free fields"
+    return out
+
 def cellseg_train_command(args):
     "Train a cell-segmentation learner on `args.data` and export it to `args.out`."
-    experiment = dict(name=Path(args.out).stem, loading_codes=args.codes, arch=args.arch, penalty=args.penalty, epochs=args.epochs, lr=args.lr)
+    experiment = dict(name=Path(args.out).stem, loading_codes=args.loading_codes, arch=args.arch, penalty=args.penalty, epochs=args.epochs, lr=args.lr)
     learn = cellseg_train(experiment, args.data, size=args.size, bs=args.bs, seed=args.seed, pretrained=args.pretrained)
-    scores = cellseg_evaluate(learn)
-    print(f"validation: dice={scores.dice.mean():.3f} iou={scores.iou.mean():.3f} over {len(scores)} images")
+    print(_validation_report(cellseg_evaluate(learn)))
     out = Path(args.out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     learn.export(out)
     print(f"saved {out}")
 
+def _load_learner(fn):
+    "The learner exported to `fn`, or a `MissingFileError` that says how to make one."
+    if not Path(fn).is_file():
+        raise MissingFileError(fn, 'no file', 'a learner exported by `biofastai cellseg train`',
+                               'check the path, or train one: biofastai cellseg train DATA --out MODEL.pkl')
+    return load_learner(fn)
+
 def cellseg_predict_command(args):
     "Segment every image in `args.folder` with the exported learner `args.model`."
-    from fastai.learner import load_learner
-    res = cellseg_predict_folder(load_learner(args.model), args.folder, args.dest)
+    res = cellseg_predict_folder(_load_learner(args.model), args.folder, args.dest)
     print(f"wrote {len(res)} masks to {Path(args.dest)/'masks'}")
 
 # %% ../nbs/40_cli.ipynb #14318b24
@@ -48,7 +62,8 @@ def _cellseg_parsers(sub):
     c = sub.add_parser('cellseg', help='cell segmentation: train a U-Net, segment images').add_subparsers(dest='action', required=True)
     t = c.add_parser('train', help='train on a folder of images and masks, export the learner')
     t.add_argument('data', help="folder with FullImage/ + Mask_Norm/ (+ codes.txt), or images/ + masks/")
-    t.add_argument('--codes', type=int, nargs='+', default=None, help='loading codes, one per model input channel (default: every channel)')
+    t.add_argument('--loading-codes', '--codes', dest='loading_codes', type=int, nargs='+', default=None,
+                   help='loading codes, one per model input channel (default: every channel)')
     t.add_argument('--arch', default='resnet34', help='encoder, e.g. resnet18, resnet34, resnet50')
     t.add_argument('--epochs', type=int, default=8, help='epochs of training')
     t.add_argument('--lr', type=float, default=None, help='learning rate (default: the LR finder\'s suggestion)')
@@ -69,6 +84,7 @@ def _cellseg_parsers(sub):
 def make_parser() -> argparse.ArgumentParser:
     "The `biofastai` argument parser, one sub-command per job."
     p = argparse.ArgumentParser(prog='biofastai', description='Deep learning for microscopy with fastai.')
+    p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     sub = p.add_subparsers(dest='command', required=True)
     s = sub.add_parser('synth', help='write a built-in synthetic dataset as files')
     s.add_argument('workflow', choices=[*SYNTH_DATASETS, 'all'], help='which dataset')
@@ -82,6 +98,10 @@ def make_parser() -> argparse.ArgumentParser:
 # %% ../nbs/40_cli.ipynb #01eb0684
 def main(argv:list[str]|None=None # arguments, default `sys.argv[1:]`
         ):
-    "Entry point of the `biofastai` console script."
+    "Entry point of the `biofastai` console script; bad input is one line on stderr and exit status 2 (`--debug`: the traceback)."
     args = make_parser().parse_args(argv)
-    args.func(args)
+    try: args.func(args)
+    except BioDataError as e:
+        if args.debug: raise
+        print(f'biofastai: error: {e}', file=sys.stderr)
+        sys.exit(2)

@@ -7,14 +7,13 @@ Docs: https://biofastai.github.io/biofastai/compare.html.md"""
 # %% ../nbs/30_compare.ipynb #4549c9bc
 from __future__ import annotations
 import json, math, time, traceback
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
 from scipy import stats
 from fastcore.basics import listify
-from fastai.torch_core import set_seed, defaults
+from fastai.torch_core import set_seed
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner, load_learner
@@ -54,21 +53,13 @@ class LossHistory(Callback):
         names = [n for n in rec.metric_names[1:] if n!='time']
         self.epoch_values.append({'iter': len(self.train_loss), **{n: _num(v) for n,v in zip(names, rec.values[-1])}})
 
-@contextmanager
-def _recording_history():
-    "Add `LossHistory` to every `Learner` created inside the block."
-    old = defaults.callbacks
-    defaults.callbacks = [*old, LossHistory]
-    try: yield
-    finally: defaults.callbacks = old
-
 def _history(learn:Learner) -> dict:
     "Training loss per batch and values per epoch of `learn`, removing its `LossHistory`."
     hist = next((cb for cb in learn.cbs if isinstance(cb, LossHistory)), None)
     if hist is not None:
         learn.remove_cb(hist)
         return {'train_loss': hist.train_loss, 'epochs': hist.epoch_values}
-    rec = learn.recorder  # a learner made without default callbacks: only its last fit is known
+    rec = learn.recorder  # a `train` that dropped the callbacks: only the last fit is known
     names = [n for n in rec.metric_names[1:] if n!='time']
     return {'train_loss': [float(l) for l in rec.losses],
             'epochs': [{'iter': int(i), **{n: _num(v) for n,v in zip(names, vals)}} for i,vals in zip(rec.iters, rec.values)]}
@@ -120,7 +111,7 @@ def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed
     (path/f'{name}.json').unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     start = time.perf_counter()
-    with _recording_history(): learn = train(e)
+    learn = train(e, cbs=[LossHistory()])
     train_time = time.perf_counter() - start
     history = _history(learn)
     metrics = evaluate(learn)
@@ -139,7 +130,7 @@ def _report(row:dict, metrics:list[str]) -> str:
 
 # %% ../nbs/30_compare.ipynb #6af64b94
 def compare_models(experiments:list[dict], # one dict per model: a unique 'name' and the parameters `train` reads
-                   train:Callable[[dict], Learner], # builds and trains a learner for an experiment
+                   train:Callable[..., Learner], # `train(experiment, cbs=callbacks)` builds and trains a learner, passing `cbs` to it
                    evaluate:Callable[[Learner], pd.DataFrame], # per-image metrics of a learner on its validation set
                    path, # folder for each experiment's model, metrics and history
                    seed:int=0, # seed set before every `train` call, so all share the split and initialisation

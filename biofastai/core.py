@@ -11,11 +11,12 @@ import numpy as np, torch, matplotlib.pyplot as plt
 from torch import nn
 from fastai.torch_core import TensorBase, TensorImageBase, default_device, show_image
 from fastai.learner import Learner
+from skimage.segmentation import find_boundaries
 
 # %% auto #0
 __all__ = ['CHANNEL_COLORS', 'BioDataError', 'MissingFileError', 'CorruptFileError', 'ShapeError', 'EmptyDataError',
-           'ValueRangeError', 'as_rng', 'inference_model', 'composite', 'TensorMultiChannel', 'TensorSequence',
-           'TensorWeights']
+           'ValueRangeError', 'as_rng', 'inference_model', 'to_numpy', 'as_chw', 'round_up', 'centred_window',
+           'composite', 'outline_overlay', 'TensorMultiChannel', 'TensorSequence', 'TensorWeights']
 
 # %% ../nbs/00_core.ipynb #69dffa59
 class BioDataError(ValueError):
@@ -51,6 +52,44 @@ def inference_model(model:Learner|nn.Module, # a fastai `Learner` or a torch mod
     p = next(m.parameters(), None)
     return m.eval(), (p.device if p is not None else torch.device('cpu'))
 
+# %% ../nbs/00_core.ipynb #bbddb2a5
+def to_numpy(x, # tensor (any device), array or array-like
+             dtype=None # convert to this dtype; None keeps it
+            ) -> np.ndarray:
+    "`x` as a numpy array; tensors are detached and moved to the CPU."
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return a if dtype is None else a.astype(dtype, copy=False)
+
+# %% ../nbs/00_core.ipynb #90aca751
+def as_chw(x, # one image, (H,W) or (C,H,W), tensor or array
+           source='image', # the input, for the error message
+           dtype=np.float32, # dtype of the result
+          ) -> np.ndarray:
+    "`x` as a (C,H,W) array, or a `ShapeError` naming `source`."
+    a = to_numpy(x, dtype)
+    if a.ndim==2: a = a[None]
+    if a.ndim!=3: raise ShapeError(source, f'shape {a.shape}', '(H,W) or (C,H,W)',
+                                   'pass one 2-D image at a time: loop over the frames of a sequence or the items of a batch')
+    return a
+
+# %% ../nbs/00_core.ipynb #43af9395
+def round_up(n:int, # a size
+             multiple:int # the multiple to reach
+            ) -> int:
+    "The smallest multiple of `multiple` that is at least `n`."
+    return -(-int(n)//multiple)*multiple
+
+# %% ../nbs/00_core.ipynb #e768e647
+def centred_window(lo:int, # first index of the object along an axis
+                   hi:int, # one past its last index
+                   side:int, # length of the window
+                   n:int, # length of the axis
+                  ) -> slice:
+    "A window of `side` (at most `n`) indices centred on [`lo`, `hi`), shifted inside [0, `n`)."
+    side = min(side, n)
+    start = int(np.clip((lo+hi-side)//2, 0, n-side))
+    return slice(start, start+side)
+
 # %% ../nbs/00_core.ipynb #5dbf336e
 CHANNEL_COLORS = ((0,1,0), (1,0,1), (0,1,1), (1,1,0), (1,0,0), (0,0,1), (1,1,1), (1,.5,0))
 
@@ -67,6 +106,16 @@ def composite(x, # image (C,H,W) or (H,W), tensor or array
     if len(x)==1: return np.repeat(_stretch(x[0])[...,None], 3, -1)
     rgb = sum(_stretch(c)[...,None]*np.array(colors[i%len(colors)], dtype=np.float32) for i,c in enumerate(x))
     return np.clip(rgb, 0, 1)
+
+# %% ../nbs/00_core.ipynb #f968e8e3
+def outline_overlay(x, # (C,H,W) or (H,W) image, tensor or array
+                    masks:list, # (H,W) masks (binary or labels) to outline
+                    colors:list=((1., 1., 0.),), # one RGB colour per mask
+                   ) -> np.ndarray:
+    "An RGB (H,W,3) composite of `x` with the outlines of each mask in its colour, later masks on top."
+    rgb = composite(x)
+    for m, c in zip(masks, colors): rgb[find_boundaries(to_numpy(m), mode='inner')] = c
+    return rgb
 
 # %% ../nbs/00_core.ipynb #a11485ca
 def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:

@@ -10,38 +10,41 @@ import warnings
 from functools import partial
 from pathlib import Path
 from typing import Tuple
-import numpy as np, torch, torch.nn.functional as F, matplotlib.pyplot as plt, imageio.v3 as iio
+import numpy as np, pandas as pd, torch, torch.nn.functional as F, matplotlib.pyplot as plt, imageio.v3 as iio
 from torch import nn
+from torchvision import models
 from torchvision.models import resnet34
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
-from skimage.segmentation import find_boundaries
 from fastprogress.fastprogress import progress_bar
 from fasttransform import Transform, ItemTransform
-from fastai.torch_core import TensorMask, show_image, params
+from fastcore.meta import delegates
+from fastai.torch_core import TensorMask, show_image, params, set_seed
 from fastai.layers import ConvLayer, PixelShuffle_ICNR, NormType
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter
 from fastai.vision.augment import Dihedral
 from fastai.vision.data import get_grid
 from fastai.learner import Learner
+from fastai.vision.learner import _update_first_layer
 import fastai.callback.schedule  # fit_one_cycle, fine_tune
 from plum import dispatch
 from .core import *
-from .io import read_image, read_mask, write_tiff, normalize_percentile
-from .channels import MultiChannelBlock, LoadChannels
+from .io import read_image, read_mask, read_stack, write_tiff
+from .channels import MultiChannelBlock, channel_loader
 from .tiles import predict_tiled
 from .losses import edge_weight_map, MaskedLoss
-from .metrics import instance_iou, IoUMetric
+from .metrics import instance_iou, iou, IoUMetric
 
 # %% auto #0
 __all__ = ['PREV_COLOR', 'MASK_COLOR', 'PRED_COLOR', 'link_labels', 'write_rescunet_samples', 'image_file', 'mask_file',
            'prev_mask_file', 'binary_mask', 'read_binary_mask', 'rescunet_items', 'TensorPrevMask', 'BinaryMaskBlock',
            'resize_mask', 'ResizeTo', 'AddEdgeWeights', 'rescunet_block', 'rescunet_dls', 'conv_block', 'plain_stages',
            'resnet_stages', 'stage_shapes', 'mask_stages', 'identity_merge', 'UpBlock', 'ReSCUNet', 'rescunet_splitter',
-           'rescunet_learner', 'outline_overlay', 'show_batch', 'show_results', 'SubimageModel', 'keep_best_component',
-           'rescunet_predict', 'propagate_labels', 'propagate', 'show_propagation', 'save_propagation_gif']
+           'rescunet_learner', 'rescunet_train', 'show_batch', 'show_results', 'SubimageModel', 'keep_best_component',
+           'rescunet_predict', 'propagate_labels', 'propagate', 'show_propagation', 'save_propagation_gif',
+           'rescunet_predict_folder', 'rescunet_evaluate']
 
 # %% ../nbs/21_rescunet.ipynb #8d1f185f
 def link_labels(labels, # (T,H,W) per-frame instance labels, 0 = background
@@ -83,8 +86,7 @@ def _crop_window(box:tuple, shape:tuple, crop:int, rng) -> tuple[slice, slice]:
     out = []
     for lo, hi, n in ((box[0], box[1], shape[0]), (box[2], box[3], shape[1])):
         first, last = max(0, hi-crop), min(lo, n-crop)   # the starts that keep [lo, hi) inside the window
-        s = int(rng.integers(first, last+1)) if first<=last else int(np.clip((lo+hi-crop)//2, 0, n-crop))
-        out.append(slice(s, s+crop))
+        out.append(slice(s := int(rng.integers(first, last+1)), s+crop) if first<=last else centred_window(lo, hi, crop, n))
     return tuple(out)
 
 def write_rescunet_samples(video, # (T,H,W) or (T,C,H,W) frames
@@ -140,7 +142,7 @@ def binary_mask(m, # mask array or tensor: 0 is background, one other value is t
                 source='mask', # the file or array, for error messages
                ) -> np.ndarray:
     "`m` as a 0/1 uint8 array; a mask with more than one foreground value is an error."
-    m = np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m)
+    m = to_numpy(m)
     values = np.unique(m[m!=0])
     if len(values)>1:
         raise ValueRangeError(source, f'{len(values)} foreground values {values[:5].tolist()}', 'a binary mask: 0 and one other value',
@@ -215,31 +217,33 @@ class AddEdgeWeights(ItemTransform):
         return (*b, TensorWeights(torch.from_numpy(w).to(b[2].device)))
     def decodes(self, b): return b[:3] if len(b)==4 else b   # shown batches hold (image, prev_mask, mask), like the dataset
 
-def rescunet_block(codes:list=(0,), # loading codes of the image channels (see `MultiChannelBlock`)
+@delegates(MultiChannelBlock, but=['loading_codes', 'seed'])
+def rescunet_block(loading_codes:list=(0,), # loading codes of the image channels (see `MultiChannelBlock`)
                    size=None, # network input size (int or (h, w)) the samples are resized to; None keeps their size
                    augment:bool=True, # random flips and 90-degree rotations, the same for image and masks
                    w0:float=10., # edge weight (see `edge_weight_map`)
                    sigma:float=5., # width of the edge term, in pixels
                    valid_pct:float=0.2, # fraction of samples for validation
                    seed:int|None=0, # seed of the split and of the channel choices
-                   **kwargs # passed to `MultiChannelBlock` (recipes, channel_dropout, normalize, axes)
+                   **kwargs
                   ) -> DataBlock:
     "A `DataBlock` for sample folders: inputs (image, previous mask), target the mask, edge weights appended to the batch."
-    return DataBlock(blocks=(MultiChannelBlock(list(codes), seed=seed, **kwargs), BinaryMaskBlock(TensorPrevMask), BinaryMaskBlock(TensorMask)),
+    return DataBlock(blocks=(MultiChannelBlock(list(loading_codes), seed=seed, **kwargs), BinaryMaskBlock(TensorPrevMask), BinaryMaskBlock(TensorMask)),
                      getters=(image_file, prev_mask_file, mask_file), n_inp=2,
                      splitter=RandomSplitter(valid_pct, seed=seed),
                      item_tfms=None if size is None else ResizeTo(size),
                      batch_tfms=[*([Dihedral(p=1.)] if augment else []), AddEdgeWeights(w0, sigma)])
 
+@delegates(rescunet_block, but=['loading_codes', 'size', 'augment', 'valid_pct', 'seed'])
 def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
                  size=None, # network input size (int or (h, w)); None: the samples' own size, which must then be one
                  bs:int=8, # batch size
                  valid_pct:float=0.2, # fraction of samples for validation
                  seed:int|None=0, # seed of the split and of the channel choices (shuffling follows `set_seed`)
-                 codes:list=(0,), # loading codes of the image channels
+                 loading_codes:list=(0,), # loading codes of the image channels
                  augment:bool=True, # random flips and 90-degree rotations
                  num_workers:int=0, # DataLoader worker processes
-                 **kwargs # passed to `rescunet_block` (w0, sigma, recipes, normalize, ...)
+                 **kwargs
                 ):
     "`DataLoaders` for ReSCU-Net training from a folder of sample folders; `dls.sample_size` is the samples' (H,W)."
     samples = rescunet_items(root, check=False)
@@ -247,7 +251,7 @@ def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
     if size is None and len(sizes)>1:
         raise ShapeError(root, f'samples of {len(sizes)} sizes {sorted(sizes)[:4]}', 'samples of one size, or a network input size',
                          'pass size= (e.g. size=64) to resize every sample to the network input size')
-    dls = rescunet_block(codes, size, augment, valid_pct=valid_pct, seed=seed, **kwargs).dataloaders(samples, bs=bs, num_workers=num_workers)
+    dls = rescunet_block(loading_codes, size, augment, valid_pct=valid_pct, seed=seed, **kwargs).dataloaders(samples, bs=bs, num_workers=num_workers)
     dls.sample_size = sizes.pop() if len(sizes)==1 else None
     return dls
 
@@ -268,12 +272,9 @@ def resnet_stages(n_in:int, # input channels
                   arch=resnet34, # a torchvision ResNet constructor
                   pretrained:bool=True, # load ImageNet weights
                  ) -> nn.ModuleList:
-    "A torchvision ResNet as 5 encoder stages at 1/2 ... 1/32 resolution, its first conv adapted to `n_in` channels."
+    "A torchvision ResNet as 5 encoder stages at 1/2 ... 1/32 resolution, its first conv adapted to `n_in` channels as fastai does."
     r = arch(weights='DEFAULT' if pretrained else None)
-    if n_in!=3:  # the mean RGB filter for every channel, so pretrained features respond to any number of channels
-        w = r.conv1.weight.data
-        r.conv1 = nn.Conv2d(n_in, w.shape[0], 7, 2, 3, bias=False)
-        r.conv1.weight.data = w.mean(1, keepdim=True).repeat(1, n_in, 1, 1)*3/n_in
+    if n_in!=3: _update_first_layer(r, n_in, pretrained)   # fastai's rule, as in `unet_learner` (cellseg)
     return nn.ModuleList([nn.Sequential(r.conv1, r.bn1, r.relu), nn.Sequential(r.maxpool, r.layer1), r.layer2, r.layer3, r.layer4])
 
 def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
@@ -390,18 +391,43 @@ def rescunet_learner(dls, # `DataLoaders` from `rescunet_dls`
     if pretrained and encoder!='plain': learn.freeze()
     return learn
 
+# %% ../nbs/21_rescunet.ipynb #83349c90
+def _encoder(encoder):
+    "'plain', a torchvision ResNet constructor, or its name."
+    if encoder=='plain' or callable(encoder): return encoder
+    fn = getattr(models, str(encoder), None)
+    if not callable(fn) or not str(encoder).startswith('resnet'):
+        raise ValueRangeError('encoder', repr(encoder), "'plain' or a torchvision ResNet name such as 'resnet18' or 'resnet34'",
+                              "pass encoder='plain' (the seed's U-Net) or e.g. encoder='resnet34'")
+    return fn
+
+# %% ../nbs/21_rescunet.ipynb #8002ee3c
+@delegates(rescunet_dls, but=['loading_codes', 'size', 'bs', 'valid_pct', 'seed'])
+def rescunet_train(experiment:dict, # name, epochs; optional lr, concat_level, encoder, width, pretrained, loading_codes
+                   source, # folder of sample folders (see `rescunet_items`)
+                   size=None, # network input size the samples are resized to; None: their own
+                   bs:int=8, # batch size
+                   seed:int=0, # seed of the split and the initialisation
+                   valid_pct:float=0.2, # fraction of samples for validation
+                   cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                   **kwargs
+                  ) -> Learner:
+    "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
+    known = {'name', 'epochs', 'lr', 'concat_level', 'encoder', 'width', 'pretrained', 'loading_codes'}
+    if 'epochs' not in experiment or set(experiment)-known:
+        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
+                              'fix the key names of the experiment dict')
+    e = dict(lr=3e-3, concat_level=1, encoder='plain', width=16, pretrained=True, loading_codes=(0,)) | experiment
+    set_seed(seed, reproducible=True)
+    dls = rescunet_dls(source, size, bs, valid_pct, seed, loading_codes=e['loading_codes'], **kwargs)
+    encoder = _encoder(e['encoder'])
+    learn = rescunet_learner(dls, e['concat_level'], encoder, e['width'], e['pretrained'], cbs=cbs)
+    if e['pretrained'] and encoder!='plain': learn.fine_tune(e['epochs'], e['lr'])
+    else: learn.fit_one_cycle(e['epochs'], e['lr'])
+    return learn
+
 # %% ../nbs/21_rescunet.ipynb #eb77193e
 PREV_COLOR, MASK_COLOR, PRED_COLOR = (0., 1., 1.), (1., 1., 0.), (1., 0., 1.)
-
-def outline_overlay(x, # (C,H,W) or (H,W) image
-                    masks:list, # (H,W) masks (binary or labels) to outline
-                    colors:list, # one RGB colour per mask
-                   ) -> np.ndarray:
-    "An RGB (H,W,3) composite of `x` with the outlines of each mask in its colour, later masks on top."
-    rgb = composite(x)
-    for m, c in zip(masks, colors):
-        rgb[find_boundaries(np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m), mode='inner')] = c
-    return rgb
 
 @dispatch
 def show_batch(x:Tuple[TensorMultiChannel, TensorPrevMask], y, samples, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
@@ -426,20 +452,9 @@ class SubimageModel(nn.Module):
         out = self.model(F.interpolate(img, self.size, mode='bilinear', antialias=True), resize_mask(m, self.size))
         return F.interpolate(out, hw, mode='bilinear')
 
-def _region_input(learn:Learner, region:np.ndarray) -> np.ndarray:
-    "`region` (C,h,w) through the loading codes and normalisation of the learner's training data."
-    tls = getattr(getattr(learn.dls, 'train_ds', None), 'tls', None)
-    tfm = next((f for f in tls[0].tfms.fs if isinstance(f, LoadChannels)), None) if tls else None
-    return tfm.encodes(region) if tfm is not None else normalize_percentile(region)
-
 def _window(box:tuple, shape:tuple, sub:int, margin:int) -> tuple[slice, slice]:
     "The region around `box` (y0, y1, x0, x1) grown by `margin`, at least `sub` big, centred and shifted inside `shape`."
-    out = []
-    for lo, hi, n in ((box[0], box[1], shape[0]), (box[2], box[3], shape[1])):
-        size = min(n, max(sub, hi-lo+2*margin))
-        start = int(np.clip((lo+hi-size)//2, 0, n-size))
-        out.append(slice(start, start+size))
-    return tuple(out)
+    return tuple(centred_window(lo, hi, max(sub, hi-lo+2*margin), n) for lo, hi, n in ((box[0], box[1], shape[0]), (box[2], box[3], shape[1])))
 
 def keep_best_component(mask:np.ndarray, # (H,W) bool mask
                         prev:np.ndarray, # (H,W) bool mask to overlap
@@ -449,12 +464,6 @@ def keep_best_component(mask:np.ndarray, # (H,W) bool mask
     if n<2: return mask
     overlap, area = np.bincount(lab[prev], minlength=n+1)[1:], np.bincount(lab.ravel(), minlength=n+1)[1:]
     return lab==1+np.lexsort((area, overlap))[-1]
-
-def _image(image) -> np.ndarray:
-    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
-    if img.ndim==2: img = img[None]
-    if img.ndim!=3: raise ShapeError('image', f'shape {img.shape}', '(H,W) or (C,H,W)', 'predict one frame at a time (`propagate` runs through a video)')
-    return img
 
 def _check_mask(mask:np.ndarray, shape:tuple, what:str):
     if mask.shape!=tuple(shape):
@@ -468,12 +477,12 @@ def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
                      subimage_size:int|None=None, # side of the square sub-images scaled to the network size; default: the training samples' size
                      step:int|None=None, # largest distance between neighbouring sub-images; default: half a sub-image
                      margin:int=8, # pixels around the previous mask's bounding box that the region holds at least
-                     erosion_width:int=0, # radius of the disk the thresholded mask is eroded with
+                     erosion_width:int=0, # radius of the disk of the opening (erosion, then dilation) of the thresholded mask
                      threshold:float=0.5, # probability above which a pixel belongs to the object
                      return_probs:bool=False, # also return the (H,W) object probability (0 outside the region)
                     ):
     "The (H,W) bool mask of the object of `prev_mask` in `image` (and its probability, with `return_probs`)."
-    img = _image(image)
+    img = as_chw(image, 'image')
     prev = binary_mask(prev_mask, 'prev_mask').astype(bool)
     _check_mask(prev, img.shape[1:], 'prev_mask')
     model, _ = inference_model(learn)
@@ -482,12 +491,12 @@ def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
                                           'build the learner with rescunet_learner, or set learn.model.input_size = (h, w)')
     tile = subimage_size or min(model.sample_size or net)
     win = _window(_bbox(prev), prev.shape, tile, margin)
-    x = np.concatenate([_region_input(learn, img[(slice(None), *win)].astype(np.float32)), prev[win][None]])
+    x = np.concatenate([channel_loader(learn.dls).encodes(img[(slice(None), *win)]), prev[win][None]])
     step = step or tile//2
     p = predict_tiled(SubimageModel(model, net), x, tile_size=tile, overlap=2*(tile-step)//3,  # neighbours share >= tile-step pixels
                       activation=partial(F.softmax, dim=1))[1].numpy()
     m = p>threshold
-    if erosion_width: m = ndimage.binary_erosion(m, disk(erosion_width))
+    if erosion_width: m = ndimage.binary_opening(m, disk(erosion_width))
     mask, probs = np.zeros(prev.shape, bool), np.zeros(prev.shape, np.float32)
     mask[win], probs[win] = keep_best_component(ndimage.binary_fill_holes(m), prev[win]), p
     return (mask, probs) if return_probs else mask
@@ -495,7 +504,7 @@ def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
 # %% ../nbs/21_rescunet.ipynb #16327344
 def _start_labels(first, shape:tuple, what:str) -> np.ndarray:
     "`first` checked as the label image of the start frame."
-    f = np.asarray(first.detach().cpu() if isinstance(first, torch.Tensor) else first)
+    f = to_numpy(first)
     if f.dtype==bool: f = f.astype(np.uint8)
     if f.dtype.kind not in 'iu' or f.min()<0:
         raise ValueRangeError(what, f'dtype {f.dtype}, smallest value {f.min()}', 'non-negative integer labels, 0 for background', 'pass a binary or label mask')
@@ -586,3 +595,75 @@ def save_propagation_gif(video, # (T,H,W) or (T,C,H,W) frames
     fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(fn, (np.stack(_overlays(video, masks, truth))*255).round().astype(np.uint8), duration=1000/fps, loop=0)
     return fn
+
+# %% ../nbs/21_rescunet.ipynb #3d795fa5
+def _video_pairs(source) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    "(name, frames (T,C,H,W), labels) of each video folder under `source`, or of each (video, labels) pair in a list."
+    if not isinstance(source, (str, Path)): return [(f'video {i}', _frames(v), np.asarray(l)) for i, (v, l) in enumerate(source)]
+    root = Path(source)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith('.')) if root.is_dir() else []
+    if not folders: raise MissingFileError(root, 'no video folders' if root.is_dir() else 'no folder', 'one folder per video holding image.tif and labels.tif',
+                                           'write the videos as synth_videos does: NAME/image.tif (frames) and NAME/labels.tif (labels)')
+    for d in folders:
+        for f in ('image.tif', 'labels.tif'):
+            if not (d/f).exists(): raise MissingFileError(d/f, 'no file', f'{f} in every video folder', f'add {f} to {d}, or move the folder out of {root}')
+    return [(d.name, read_stack(d/'image.tif'), read_mask(d/'labels.tif')) for d in folders]
+
+# %% ../nbs/21_rescunet.ipynb #c2f1a874
+def rescunet_predict_folder(learn:Learner, # a trained ReSCU-Net learner
+                            folder, # folder of video folders, each holding image.tif and labels.tif (first frame, or all)
+                            dest, # writes dest/NAME.tif, the (T,H,W) label video
+                            progress:bool=True, # show a progress bar over videos
+                            **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+                           ) -> pd.DataFrame:
+    "Follow the objects of each video's first frame through the video; one row per video, with the objects lost on the way."
+    dest, rows = Path(dest), []
+    videos = _video_pairs(folder)
+    for name, v, labels in (progress_bar(videos) if progress else videos):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # lost objects are in the table
+            pred = propagate_labels(learn, v, labels[0] if labels.ndim==3 else labels, progress=False, **kwargs)
+        ids = np.unique(pred[0][pred[0]>0])
+        rows.append(dict(video=name, labels=write_tiff(dest/f'{name}.tif', pred.astype(np.uint16), axes='TYX'), n_objects=len(ids),
+                         lost=[int(k) for k in ids if not (pred[-1]==k).any()]))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/21_rescunet.ipynb #3c1457d4
+def _sample_scores(learn:Learner, **kwargs) -> pd.DataFrame:
+    "One-step IoU of the model and of the copied previous mask on the validation samples."
+    rows = []
+    for s in learn.dls.valid_ds.items:
+        prev, truth = read_binary_mask(prev_mask_file(s)), read_binary_mask(mask_file(s))
+        pred = rescunet_predict(learn, read_image(image_file(s)), prev, **kwargs)
+        rows.append(dict(sample=Path(s).name, step_iou=iou(pred, truth), copy_step_iou=iou(prev, truth)))
+    return pd.DataFrame(rows)
+
+def _track_scores(learn:Learner, name:str, v:np.ndarray, labels:np.ndarray, one_step:bool, **kwargs) -> list[dict]:
+    "Per object and frame: IoU of the propagation and of the first mask copied; with `one_step`, of one step and of the previous mask."
+    if labels.shape!=(len(v), *v.shape[2:]):
+        raise ShapeError(f'labels of {name}', f'shape {labels.shape}', f'labels of every frame, {(len(v), *v.shape[2:])}',
+                         'pass the (T,H,W) label video with ids consistent over time (see link_labels)')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # lost objects score 0
+        pred = propagate_labels(learn, v, labels[0], progress=False, **kwargs)
+    rows = []
+    for k in np.unique(labels[0][labels[0]>0]):
+        for t in range(1, len(v)):
+            truth, prev = labels[t]==k, labels[t-1]==k
+            row = dict(video=name, object=int(k), frame=t, iou=iou(pred[t]==k, truth), copy_iou=iou(labels[0]==k, truth))
+            if one_step: row |= dict(step_iou=iou(rescunet_predict(learn, v[t], prev, **kwargs), truth) if prev.any() else float(not truth.any()),
+                                     copy_step_iou=iou(prev, truth))
+            rows.append(row)
+    return rows
+
+# %% ../nbs/21_rescunet.ipynb #55232305
+def rescunet_evaluate(learn:Learner, # a trained ReSCU-Net learner
+                      source=None, # None: the validation samples; else a folder of video folders, or a list of (video, labels)
+                      one_step:bool=True, # on videos, also score one step from the true previous mask
+                      **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+                     ) -> pd.DataFrame:
+    "IoU of the model and of the copy-the-given-mask baseline, per validation sample or per object and frame of videos."
+    if source is None: res = _sample_scores(learn, **kwargs)
+    else: res = pd.DataFrame([r for name, v, labels in _video_pairs(source) for r in _track_scores(learn, name, v, labels, one_step, **kwargs)])
+    res.attrs['baseline'] = 'copy'
+    return res

@@ -15,9 +15,10 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 from skimage.feature import blob_log
 from fastcore.basics import store_attr, basic_repr
+from fastcore.meta import delegates
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock
 from fastai.data.transforms import ItemGetter, IndexSplitter
-from fastai.torch_core import TensorCategory
+from fastai.torch_core import TensorCategory, set_seed
 from fastai.vision.data import get_grid
 from plum import dispatch
 from fastai.learner import Learner
@@ -25,15 +26,15 @@ from fastai.callback.schedule import fit_one_cycle, lr_find  # patch them onto `
 from fastai.metrics import accuracy
 from fastprogress.fastprogress import progress_bar
 from .core import (ShapeError, EmptyDataError, ValueRangeError, MissingFileError, as_rng, inference_model,
-                            composite, TensorMultiChannel)
+                            composite, as_chw, TensorMultiChannel)
 from .io import read_image, read_mask, normalize_percentile, image_files
 from .metrics import count_error, match_spots
 
 # %% auto #0
-__all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spine_points', 'read_spines', 'spine_patches', 'spines_dls',
-           'show_batch', 'show_results', 'SpineCNN', 'spines_learner', 'DenseMaxPool', 'SpineScanner', 'scanner_from',
-           'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'count_spines', 'show_spines',
-           'spines_predict_folder', 'log_spines', 'tune_log']
+__all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spine_points', 'spines_items', 'read_spines', 'spine_patches',
+           'spines_dls', 'show_batch', 'show_results', 'SpineCNN', 'spines_learner', 'DenseMaxPool', 'SpineScanner',
+           'scanner_from', 'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'spines_predict', 'count_spines',
+           'show_spines', 'spines_predict_folder', 'log_spines', 'tune_log', 'spines_train', 'spines_evaluate']
 
 # %% ../nbs/24_spines.ipynb #15b76c58
 def _table_points(df:pd.DataFrame, source) -> np.ndarray:
@@ -65,6 +66,10 @@ def spine_points(ann, # DataFrame or CSV with columns y, x; (N,2) array; point i
         elif ann.ndim==2 and ann.shape[1]==2 or ann.size==0: pts = ann.astype(np.float64).reshape(-1, 2)
         else: raise ShapeError(source, f'an array of shape {ann.shape}', f'(N,2) centres (y,x), or a point image or label mask of shape {(h, w)}',
                                'pass the annotations that belong to this image')
+    missing = np.isnan(pts).any(1)
+    if missing.any():
+        raise ValueRangeError(source, f'{missing.sum()} of {len(pts)} spine centres with a missing (NaN) coordinate (first: row {np.flatnonzero(missing)[0]})',
+                              'a number in both y and x of every centre', 'fill in or delete the incomplete rows')
     out = ~((pts >= -0.5) & (pts < np.array([h, w])-0.5)).all(1)
     if out.any():
         y, x = pts[out][0]
@@ -76,31 +81,45 @@ def spine_points(ann, # DataFrame or CSV with columns y, x; (N,2) array; point i
 # %% ../nbs/24_spines.ipynb #7b36b5f5
 ANNOTATION_EXTS = ('.csv', '.tif', '.tiff', '.png')
 
-def read_spines(folder, # dataset folder
-                images:str='images', # sub-folder of images
-                spines:str='spines', # sub-folder of annotations, one per image with the same name
-               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    "The images (C,H,W) in `folder/images` and their spine centres (N,2) from `folder/spines`."
-    imgs, pts = [], []
+def spines_items(folder, # dataset folder
+                 images:str='images', # sub-folder of images
+                 spines:str='spines', # sub-folder of annotations, one per image with the same name
+                ) -> pd.DataFrame:
+    "One row per image of `folder/images`: `image` and its annotation file `spines`, which must exist."
+    rows = []
     for fn in image_files(Path(folder)/images):
         anns = [Path(folder)/spines/(fn.stem+e) for e in ANNOTATION_EXTS]
         ann = next((a for a in anns if a.exists()), None)
         if ann is None: raise MissingFileError(fn, f'no annotation file among {[a.name for a in anns]} in {Path(folder)/spines}',
                                                'one annotation file per image, with the same name',
                                                'add the spine centres as a CSV with columns y, x (or remove the image)')
+        rows.append(dict(image=fn, spines=ann))
+    return pd.DataFrame(rows, columns=['image', 'spines'])
+
+@delegates(spines_items)
+def read_spines(folder, # dataset folder
+                **kwargs
+               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    "The images (C,H,W) in `folder/images` and their spine centres (N,2) from `folder/spines`."
+    imgs, pts = [], []
+    for fn, ann in spines_items(folder, **kwargs).itertuples(index=False):
         imgs.append(read_image(fn)); pts.append(spine_points(ann, imgs[-1].shape))
     return imgs, pts
 
 # %% ../nbs/24_spines.ipynb #cfda4e24
-def _as_chw(image, source) -> np.ndarray:
-    x = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
-    if x.ndim==2: x = x[None]
-    if x.ndim!=3: raise ShapeError(source, f'shape {x.shape}', '(C,H,W) or (H,W)', 'pass one 2-D image at a time')
+def _finite_chw(image, source) -> np.ndarray:
+    "`image` as (C,H,W) float32; NaN or infinite pixels are an error (one would make the whole probability map NaN)."
+    x = as_chw(image, source)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        c, y, xx = np.argwhere(bad)[0]
+        raise ValueRangeError(source, f'{bad.sum()} NaN or infinite pixels (first: channel {c}, y={y}, x={xx})', 'finite intensities',
+                              'replace them before counting, e.g. np.nan_to_num(image) or by the median of their neighbours')
     return x
 
 def _padded(image, patch_size:int, source='image') -> np.ndarray:
     "`image` as normalised (C,H+P,W+P) float32, reflect-padded by P//2 before and P-P//2 after along H and W."
-    x = _as_chw(image, source)
+    x = _finite_chw(image, source)
     if min(x.shape[-2:]) < patch_size:
         raise ShapeError(source, f'an image of {x.shape[-2]}x{x.shape[-1]} pixels', f'at least the patch size, {patch_size}x{patch_size}',
                          'use larger images, or a smaller patch_size (the patch should hold a spine and its surroundings)')
@@ -153,6 +172,10 @@ def spine_patches(images:list, # images (C,H,W) or (H,W), raw intensities
     "Training patches (N,C,P,P) float32, their labels (N,) (1 = spine) and the index of the image each comes from."
     rng = as_rng(seed)
     pads = [_padded(im, patch_size, f'image {i}') for i,im in enumerate(images)]
+    if len({len(p) for p in pads})>1:
+        i = next(i for i,p in enumerate(pads) if len(p)!=len(pads[0]))
+        raise ShapeError(f'image {i}', f'{len(pads[i])} channel(s), where image 0 has {len(pads[0])}', 'the same channels in every image',
+                         'pass images with the same channels (e.g. all (H,W), or all (C,H,W) with one C)')
     pts = [spine_points(p, (pad.shape[1]-patch_size, pad.shape[2]-patch_size), f'spine annotations of image {i}')
            for i,(pad,p) in enumerate(zip(pads, points))]
     n_spines = sum(map(len, pts))
@@ -176,13 +199,14 @@ def _patch_items(source:tuple) -> list:
     x, y = source
     return [(p, SPINE_CLASSES[c]) for p,c in zip(x, y)]
 
+@delegates(spine_patches, but=['images', 'points', 'seed'])
 def spines_dls(images:list, # images (C,H,W) or (H,W), raw intensities
                points:list, # spine centres per image: anything `spine_points` reads
                valid_pct:float=0.2, # fraction of the images held out for validation
                valid_images:list|None=None, # indices of the images to hold out (default: drawn with `seed`)
                bs:int=64, # batch size
                seed=None, # seed for the patches and the split
-               **kwargs # passed to `spine_patches` (patch_size, jitter, min_dist, min_mean, pass_through, neg_ratio)
+               **kwargs
               ):
     "`DataLoaders` of spine/background patches from annotated images; `dls.valid_images` are the held-out images."
     rng = as_rng(seed)
@@ -195,7 +219,7 @@ def spines_dls(images:list, # images (C,H,W) or (H,W), raw intensities
     dblock = DataBlock(blocks=(TransformBlock(type_tfms=TensorMultiChannel.create), CategoryBlock(vocab=list(SPINE_CLASSES))),
                        get_items=_patch_items, get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(list(valid)))
     dls = dblock.dataloaders((x, y), bs=bs)   # the arrays as source: fastai formats the source, and their repr is short
-    dls.valid_images = valid_images
+    dls.valid_images, dls.valid_data = valid_images, ([images[i] for i in valid_images], [points[i] for i in valid_images])
     return dls
 
 # %% ../nbs/24_spines.ipynb #aaad4685
@@ -232,12 +256,13 @@ class SpineCNN(nn.Sequential):
         self.n_in, self.patch_size, self.map_size = n_in, patch_size, s
 
 # %% ../nbs/24_spines.ipynb #52a56df0
+@delegates(Learner, but=['dls', 'model', 'metrics'])
 def spines_learner(dls, # `DataLoaders` from `spines_dls`
                    filters:tuple=(8,16,32), # filters of each conv block
                    fc:tuple=(100,50), # units of each fully connected hidden layer
                    ps:float=0.25, # dropout
                    metrics=accuracy, # fastai metrics
-                   **kwargs # passed to `Learner`
+                   **kwargs
                   ) -> Learner:
     "A `Learner` for a `SpineCNN` sized from the patches in `dls`."
     c, p, _ = dls.train_ds[0][0].shape
@@ -387,24 +412,36 @@ def tune_counter(prob_maps:list, # probability maps (H,W), e.g. `scan` of the va
     return SpineCounter(float(best.threshold), float(best.eps), int(best.min_samples), float(best.prob_scale)), grid
 
 # %% ../nbs/24_spines.ipynb #f2521a95
-def count_spines(model:Learner|SpineCNN|SpineScanner, # a trained spine model
+def _counter(learn, counter:SpineCounter|None) -> SpineCounter:
+    "`counter`, else the one `spines_train` tuned (`learn.counter`), else `SpineCounter()`."
+    return counter or getattr(learn, 'counter', None) or SpineCounter()
+
+def spines_predict(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
+                   image, # (C,H,W) or (H,W) image, raw intensities
+                   counter:SpineCounter|None=None, # from `tune_counter`; None: `learn.counter` (set by `spines_train`), else `SpineCounter()`
+                   tile_size:int=128, # tile size for `scan`
+                  ) -> pd.DataFrame:
+    "The spines of `image`, one row each: centre y, x, size in pixels, mean probability."
+    return _counter(learn, counter)(scan(learn, image, tile_size))
+
+def count_spines(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
                  image, # (C,H,W) or (H,W) image, raw intensities
-                 counter:SpineCounter|None=None, # from `tune_counter` (default: `SpineCounter()`)
+                 counter:SpineCounter|None=None, # as for `spines_predict`
                  tile_size:int=128, # tile size for `scan`
                 ) -> tuple[int, pd.DataFrame]:
-    "Number of spines in `image` and their table (y, x, size, prob)."
-    spines = (counter or SpineCounter())(scan(model, image, tile_size))
+    "Number of spines in `image` and their table, from `spines_predict`."
+    spines = spines_predict(learn, image, counter, tile_size)
     return len(spines), spines
 
 def show_spines(image, # (C,H,W) or (H,W) image
-                spines:pd.DataFrame, # predicted spines with y, x, size (as from `count_spines`)
+                spines:pd.DataFrame, # predicted spines with y, x, size (as from `spines_predict`)
                 truth=None, # true centres: anything `spine_points` reads
                 ax=None, # matplotlib axes to draw into
                 figsize=(6, 6), # figure size when `ax` is None
                 title:str|None=None, # title (default: the counts)
                ):
     "Overlay of predicted spines (circles of their size) and true centres (crosses) on `image`."
-    x = _as_chw(image, 'image')
+    x = as_chw(image, 'image')
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     ax.imshow(composite(x)); ax.set_axis_off()
     r = np.sqrt(spines['size'].to_numpy(np.float64)/np.pi)
@@ -416,27 +453,29 @@ def show_spines(image, # (C,H,W) or (H,W) image
     ax.set_title(title or default)
     return ax
 
-def spines_predict_folder(model:Learner|SpineCNN|SpineScanner, # a trained spine model
+def spines_predict_folder(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
                           folder, # folder of images
-                          out, # folder for the CSV files (created)
-                          counter:SpineCounter|None=None, # from `tune_counter` (default: `SpineCounter()`)
+                          dest, # folder for the CSV files (created)
+                          counter:SpineCounter|None=None, # as for `spines_predict`
                           figures:bool=False, # also save an overlay PNG per image
                           progress:bool=True, # show a progress bar over images
                          ) -> pd.DataFrame:
-    "Count spines in every image of `folder`; write `out/NAME.csv` per image and `out/counts.csv`; return the counts."
-    out, sc, rows = Path(out), scanner_from(model) if not isinstance(model, SpineScanner) else model, []
-    out.mkdir(parents=True, exist_ok=True)
+    "Count spines in every image of `folder`; write `dest/NAME.csv` per image and `dest/counts.csv`; return the counts."
+    dest, counter, rows = Path(dest), _counter(learn, counter), []
+    sc = learn if isinstance(learn, SpineScanner) else scanner_from(learn)
+    dest.mkdir(parents=True, exist_ok=True)
     fns = image_files(folder)
     for fn in (progress_bar(fns) if progress else fns):
         img = read_image(fn)
-        n, spines = count_spines(sc, img, counter)
-        spines.to_csv(out/f'{fn.stem}.csv', index=False)
+        spines = spines_predict(sc, img, counter)
+        n = len(spines)
+        spines.to_csv(dest/f'{fn.stem}.csv', index=False)
         if figures:
             ax = show_spines(img, spines, title=f'{fn.name}: {n} spines')
-            ax.figure.savefig(out/f'{fn.stem}.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
+            ax.figure.savefig(dest/f'{fn.stem}.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
         rows.append(dict(file=fn.name, count=n))
     counts = pd.DataFrame(rows, columns=['file', 'count'])
-    counts.to_csv(out/'counts.csv', index=False)
+    counts.to_csv(dest/'counts.csv', index=False)
     return counts
 
 # %% ../nbs/24_spines.ipynb #769e9a05
@@ -447,7 +486,7 @@ def log_spines(image, # (C,H,W) or (H,W) image, raw intensities (channels are av
                num_sigma:int=5, # scales tried
               ) -> pd.DataFrame:
     "Bright blobs found by a Laplacian of Gaussian: centre y, x and radius."
-    x = normalize_percentile(_as_chw(image, 'image')).mean(0)
+    x = normalize_percentile(_finite_chw(image, 'image')).mean(0)
     b = blob_log(x, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=num_sigma, threshold=threshold).reshape(-1, 3)
     return pd.DataFrame(dict(y=b[:, 0], x=b[:, 1], radius=b[:, 2]*np.sqrt(2)))
 
@@ -460,3 +499,56 @@ def tune_log(images:list, # training images
     errs = [count_error([len(log_spines(im, t, **kwargs)) for im in images], true_counts)['relative'] for t in thresholds]
     i = int(np.argmin(errs))
     return float(thresholds[i]), float(errs[i])
+
+# %% ../nbs/24_spines.ipynb #26f3aa9f
+def _spines_source(source) -> tuple[list, list]:
+    "Images and spine centres from a dataset folder, or a pair (images, points) as is."
+    return read_spines(source) if isinstance(source, (str, Path)) else source
+
+@delegates(spines_dls, but=['images', 'points', 'valid_pct', 'bs', 'seed', 'patch_size'])
+def spines_train(experiment:dict, # name, epochs; optional lr, filters, fc, ps, patch_size
+                 source, # dataset folder (see `spines_items`), or a pair (images, points)
+                 valid_pct:float=0.34, # fraction of the images held out for validation and for tuning the counter
+                 bs:int=64, # batch size
+                 seed:int=0, # seed of the patches, the split and the initialisation
+                 cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                 **kwargs
+                ) -> Learner:
+    "Train the patch CNN of one `experiment`, then tune its counter and the LoG baseline; `compare_models` calls this."
+    known = {'name', 'epochs', 'lr', 'filters', 'fc', 'ps', 'patch_size'}
+    if 'epochs' not in experiment or set(experiment)-known:
+        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
+                              'fix the key names of the experiment dict')
+    e = dict(lr=3e-3, filters=(8,16,32), fc=(100,50), ps=0.25, patch_size=40) | experiment
+    imgs, pts = _spines_source(source)
+    set_seed(seed, reproducible=True)
+    dls = spines_dls(imgs, pts, valid_pct, bs=bs, seed=seed, patch_size=e['patch_size'], **kwargs)
+    learn = spines_learner(dls, e['filters'], e['fc'], e['ps'], cbs=cbs)
+    learn.fit_one_cycle(e['epochs'], e['lr'])
+    v_imgs, v_pts = dls.valid_data
+    if v_imgs: learn.counter = tune_counter([scan(learn, im) for im in v_imgs], v_pts)[0]
+    train = [i for i in range(len(imgs)) if i not in dls.valid_images]
+    learn.log_threshold = tune_log([imgs[i] for i in train], [len(pts[i]) for i in train])[0]
+    return learn
+
+# %% ../nbs/24_spines.ipynb #8f489c82
+def spines_evaluate(learn:Learner, # a trained spine learner (from `spines_train`, or with a counter given)
+                    source=None, # None: the validation images; else a dataset folder, or a pair (images, points)
+                    counter:SpineCounter|None=None, # None: `learn.counter`, else `SpineCounter()`
+                    log_threshold:float|None=None, # the LoG baseline's threshold; None: `learn.log_threshold`, else `log_spines`' default
+                    radius:float=3., # largest distance of a matched spine, pixels
+                   ) -> pd.DataFrame:
+    "Per image: true and found spine counts, relative count error and spot F1, for the model and the LoG baseline."
+    imgs, pts = learn.dls.valid_data if source is None else _spines_source(source)
+    if not len(imgs): raise EmptyDataError('validation images', 'none (the patches of one image were split)', 'held-out images to count spines in',
+                                           'pass source= a dataset of annotated images')
+    thr, rows = log_threshold or getattr(learn, 'log_threshold', None), []
+    for i, (im, p) in enumerate(zip(imgs, pts)):
+        p = spine_points(p, as_chw(im).shape, f'spine annotations of image {i}')
+        found, log = spines_predict(learn, im, counter), log_spines(im, **({} if thr is None else dict(threshold=thr)))
+        rows.append(dict(image=i, n_true=len(p), count=len(found), count_error=count_error([len(found)], [len(p)])['relative'],
+                         f1=match_spots(found[['y', 'x']].to_numpy(), p, radius)['f1'], log_count=len(log),
+                         log_count_error=count_error([len(log)], [len(p)])['relative'], log_f1=match_spots(log[['y', 'x']].to_numpy(), p, radius)['f1']))
+    res = pd.DataFrame(rows)
+    res.attrs['baseline'] = 'log'
+    return res
