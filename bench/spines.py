@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.torch_core import set_seed
 from biofastai.synth import synth_dendrites
-from biofastai.metrics import count_error, match_spots
-from biofastai.spines import read_spines, spines_dls, spines_learner, scan, scan_patchwise, scanner_from, tune_counter, tune_log, log_spines
+from biofastai.spines import read_spines, spines_dls, spines_learner, scan, scan_patchwise, scanner_from, tune_counter, tune_log, spines_evaluate
 
 def timed(f):
     t0 = time.perf_counter(); out = f(); return time.perf_counter()-t0, out
@@ -55,16 +54,11 @@ def main():
     v = dls.valid_images
     counter, grid = tune_counter([scan(learn, imgs[i]) for i in v], [pts[i] for i in v])
     print(f'counter tuned on the validation images {v} of the training set: {counter}')
-    found = [counter(scan(learn, im)) for im in test_imgs]
-    model_err = count_error([len(f) for f in found], true_counts)['relative']
-    f1 = np.mean([match_spots(f[['y', 'x']].to_numpy(), t)['f1'] for f,t in zip(found, test_pts)])
-    print(f'model counts {[len(f) for f in found]} vs {true_counts}')
-
     thr, _ = tune_log(imgs, [len(p) for p in pts])
-    log_found = [log_spines(im, thr) for im in test_imgs]
-    log_err = count_error([len(f) for f in log_found], true_counts)['relative']
-    log_f1 = np.mean([match_spots(f[['y', 'x']].to_numpy(), t)['f1'] for f,t in zip(log_found, test_pts)])
-    print(f'LoG (threshold {thr}) counts {[len(f) for f in log_found]}')
+    ev = spines_evaluate(learn, (test_imgs, test_pts), counter, log_threshold=thr)
+    model_err, log_err, f1, log_f1 = ev.count_error.mean(), ev.log_count_error.mean(), ev.f1.mean(), ev.log_f1.mean()
+    print(f'model counts {ev["count"].tolist()} vs {true_counts}')
+    print(f'LoG (threshold {thr}) counts {ev.log_count.tolist()}')
 
     im, sc = test_imgs[0], scanner_from(learn)
     cnns = {'NCHW': learn.model, 'channels_last': copy.deepcopy(learn.model).to(memory_format=torch.channels_last)}

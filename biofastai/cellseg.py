@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from fastprogress.fastprogress import progress_bar
 from fastcore.meta import delegates
+from fastcore.basics import store_attr
 from skimage.filters import threshold_otsu
 from fastai.torch_core import TensorMask, set_seed, show_image
 from fasttransform import Pipeline
@@ -29,7 +30,7 @@ from fastai.learner import Learner
 from fastai.callback.core import get_c
 import fastai.callback.schedule, fastai.callback.progress  # Learner.fit_one_cycle, Learner.lr_find, progress bars
 from .core import *
-from .io import IMAGE_EXTS, read_image, read_mask, write_tiff, image_files
+from .io import IMAGE_EXTS, read_mask, write_tiff, image_files
 from .channels import SEED_RECIPES, LoadChannels, MultiChannelBlock, channel_loader, read_channels, describe_item
 from .tiles import predict_tiled
 from .losses import WeightedCrossEntropy
@@ -132,7 +133,7 @@ class RandomCropPad(RandTransform):
     "Crop image and mask to `size`: at a random place in training, centred otherwise; zero-padded where smaller."
     split_idx,order = None,1
     def __init__(self, size:int): # height and width of the crop
-        super().__init__(); self.size = size
+        super().__init__(); store_attr()
 
     def before_call(self, b, split_idx:int|None):
         h,w = b[0].shape[-2:]
@@ -392,11 +393,7 @@ def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs,
                   **kwargs
                  ) -> Learner:
     "Build the data and learner of one `experiment` and fit it with `cellseg_fit`; `compare_models` calls this."
-    known = {'name', 'loading_codes', 'arch', 'penalty', 'epochs', 'lr', 'freeze_epochs', 'channel_dropout'}
-    if 'epochs' not in experiment or set(experiment)-known:
-        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
-                              'fix the key names of the experiment dict')
-    e = dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.) | experiment
+    e = experiment_params(experiment, dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.))
     set_seed(seed, reproducible=True)
     dls = cellseg_dls(source, e['loading_codes'], size=size, bs=bs, valid_pct=valid_pct, seed=seed, channel_dropout=e['channel_dropout'], **kwargs)
     learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained, cbs=cbs)

@@ -13,7 +13,6 @@ __all__ = ['FIRST_RECIPE_CODE', 'DROPOUT_OFFSET', 'SEED_RECIPES', 'Channel', 'Me
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import patch
 from fasttransform import ItemTransform, compose_tfms

@@ -6,7 +6,7 @@ Docs: https://biofastai.github.io/biofastai/cli.html.md"""
 
 # %% ../nbs/40_cli.ipynb #323c0e48
 from __future__ import annotations
-import argparse, sys, traceback
+import argparse, sys
 from pathlib import Path
 from fastai.learner import load_learner
 from .core import BioDataError, MissingFileError

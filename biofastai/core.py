@@ -6,17 +6,18 @@ Docs: https://biofastai.github.io/biofastai/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #e731f9b3
 from __future__ import annotations
-from pathlib import Path
 import numpy as np, torch, matplotlib.pyplot as plt
 from torch import nn
 from fastai.torch_core import TensorBase, TensorImageBase, default_device, show_image
 from fastai.learner import Learner
 from skimage.segmentation import find_boundaries
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['CHANNEL_COLORS', 'BioDataError', 'MissingFileError', 'CorruptFileError', 'ShapeError', 'EmptyDataError',
            'ValueRangeError', 'as_rng', 'inference_model', 'to_numpy', 'as_chw', 'round_up', 'centred_window',
-           'composite', 'outline_overlay', 'TensorMultiChannel', 'TensorSequence', 'TensorWeights']
+           'normalize_percentile', 'maybe_progress', 'experiment_params', 'composite', 'outline_overlay',
+           'TensorMultiChannel', 'TensorSequence', 'TensorWeights']
 
 # %% ../nbs/00_core.ipynb #69dffa59
 class BioDataError(ValueError):
@@ -69,7 +70,7 @@ def as_chw(x, # one image, (H,W) or (C,H,W), tensor or array
     a = to_numpy(x, dtype)
     if a.ndim==2: a = a[None]
     if a.ndim!=3: raise ShapeError(source, f'shape {a.shape}', '(H,W) or (C,H,W)',
-                                   'pass one 2-D image at a time: loop over the frames of a sequence or the items of a batch')
+                                   'pass one image at a time, (H,W) or (C,H,W): loop over the frames of a sequence or the items of a batch')
     return a
 
 # %% ../nbs/00_core.ipynb #43af9395
@@ -90,18 +91,48 @@ def centred_window(lo:int, # first index of the object along an axis
     start = int(np.clip((lo+hi-side)//2, 0, n-side))
     return slice(start, start+side)
 
+# %% ../nbs/00_core.ipynb #6e9c29e7
+def normalize_percentile(x, # array, e.g. (H,W), (C,H,W) or (T,C,H,W)
+                         low:float=1., # percentile mapped to 0
+                         high:float=99.8, # percentile mapped to 1
+                         axis:int|tuple|None=(-2,-1), # axes the percentiles are taken over (None: the whole array)
+                         eps:float=1e-6, # added to the range, so a constant image does not divide by zero
+                         clip:bool=False # clip the result to [0,1]
+                        ) -> np.ndarray:
+    "`x` as float32, scaled so its `low` and `high` percentiles over `axis` become 0 and 1."
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = np.percentile(x, (low, high), axis=axis, keepdims=True)
+    y = ((x - lo) / (hi - lo + eps)).astype(np.float32, copy=False)
+    return np.clip(y, 0, 1) if clip else y
+
+# %% ../nbs/00_core.ipynb #a3bacda9
+def maybe_progress(items, # what to loop over
+                   show:bool=True, # show fastprogress's bar
+                  ):
+    "`items` wrapped in a progress bar when `show`, else as they are."
+    return progress_bar(items) if show else items
+
+# %% ../nbs/00_core.ipynb #4332bd00
+def experiment_params(experiment:dict, # a 'name', 'epochs' and the workflow's parameters
+                      defaults:dict, # every other key the workflow knows, with its default
+                     ) -> dict:
+    "`experiment` over `defaults`; a `ValueRangeError` naming the keys when `epochs` is missing or a key is unknown."
+    known = {'name', 'epochs', *defaults}
+    if 'epochs' not in experiment or set(experiment)-known:
+        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
+                              'fix the key names of the experiment dict')
+    return defaults | experiment
+
 # %% ../nbs/00_core.ipynb #5dbf336e
 CHANNEL_COLORS = ((0,1,0), (1,0,1), (0,1,1), (1,1,0), (1,0,0), (0,0,1), (1,1,1), (1,.5,0))
 
-def _stretch(c:np.ndarray) -> np.ndarray:
-    lo,hi = np.percentile(c, (1, 99.8))
-    return np.clip((c-lo)/(hi-lo), 0, 1) if hi>lo else np.zeros_like(c, dtype=np.float32)
+def _stretch(c:np.ndarray) -> np.ndarray: return normalize_percentile(c, clip=True)
 
 def composite(x, # image (C,H,W) or (H,W), tensor or array
               colors=CHANNEL_COLORS # one RGB colour per channel, cycled
              ) -> np.ndarray:
     "An RGB (H,W,3) picture of `x` with one colour per channel, each contrast-stretched."
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    x = to_numpy(x, np.float32)
     if x.ndim==2: x = x[None]
     if len(x)==1: return np.repeat(_stretch(x[0])[...,None], 3, -1)
     rgb = sum(_stretch(c)[...,None]*np.array(colors[i%len(colors)], dtype=np.float32) for i,c in enumerate(x))
@@ -125,9 +156,8 @@ class TensorMultiChannel(TensorImageBase):
     "A (C,H,W) float microscopy image with any number of channels."
     @classmethod
     def create(cls, x, **kwargs):
-        "From an array or tensor of shape (C,H,W) or (H,W)."
-        t = _as_tensor(x)
-        return cls(t[None] if t.ndim==2 else t)
+        "From an array or tensor of shape (C,H,W) or (H,W); anything else is a `ShapeError`."
+        return cls(torch.from_numpy(as_chw(x, 'image')))
 
     def show(self, ctx=None, **kwargs):
         "Show as a colour composite."

@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 import numpy as np, torch, tifffile, imageio.v3 as iio
 from fastai.data.transforms import get_files
-from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError
+from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'normalize_percentile', 'write_tiff', 'image_files']
+__all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'write_tiff', 'image_files', 'normalize_percentile']
 
 # %% ../nbs/02_io.ipynb #cb6c57c0
 _AXES = 'TCZYXS'
@@ -136,18 +136,7 @@ def read_mask(fn:str|Path, # a label image or sequence of label images
     return x[0] if len(x)==1 else x
 
 # %% ../nbs/02_io.ipynb #71b5d8c8
-def normalize_percentile(x, # array, e.g. (H,W), (C,H,W) or (T,C,H,W)
-                         low:float=1., # percentile mapped to 0
-                         high:float=99.8, # percentile mapped to 1
-                         axis:int|tuple|None=(-2,-1), # axes the percentiles are taken over (None: the whole array)
-                         eps:float=1e-6, # added to the range, so a constant image does not divide by zero
-                         clip:bool=False # clip the result to [0,1]
-                        ) -> np.ndarray:
-    "`x` as float32, scaled so its `low` and `high` percentiles over `axis` become 0 and 1."
-    x = np.asarray(x, dtype=np.float32)
-    lo, hi = np.percentile(x, (low, high), axis=axis, keepdims=True)
-    y = ((x - lo) / (hi - lo + eps)).astype(np.float32, copy=False)
-    return np.clip(y, 0, 1) if clip else y
+_all_ = ['normalize_percentile']   # defined in core, so that core's `composite` uses it too
 
 # %% ../nbs/02_io.ipynb #8637ab55
 _IMAGEJ_DTYPES = {np.dtype(t) for t in ('uint8', 'uint16', 'float32')}

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Callable
 import numpy as np, torch
 import torch.nn.functional as F
+from torch import nn
 from scipy import ndimage
-from fastcore.basics import noop
+from fastcore.basics import noop, store_attr
+from fastcore.meta import delegates
 from fastai.losses import CrossEntropyLossFlat
 from .core import ShapeError, ValueRangeError
 
@@ -25,10 +27,11 @@ def _plain(x:torch.Tensor) -> torch.Tensor:
 # %% ../nbs/10_losses.ipynb #c3c83d2c
 class WeightedCrossEntropy(CrossEntropyLossFlat):
     "Per-pixel cross-entropy with one weight per class, divided by the summed class weights of the targets."
+    @delegates(nn.CrossEntropyLoss.__init__, but=['weight'])
     def __init__(self,
         class_weights=None, # one weight per class, e.g. `[1, 5]`; None weighs classes equally
         axis:int=1,         # class axis of the prediction
-        **kwargs            # passed to `nn.CrossEntropyLoss` (e.g. `reduction`, `ignore_index`)
+        **kwargs
     ):
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if w is not None and (w.ndim!=1 or (w<0).any()):
@@ -86,7 +89,7 @@ class MaskedLoss:
         axis:int=1,              # class (or channel) axis of the prediction
         reduction:str='mean',    # 'mean': one number for the batch; 'none': one per sample
     ):
-        self.base,self.axis,self.reduction = base,axis,reduction
+        store_attr()
 
     def __call__(self, pred:torch.Tensor, target:torch.Tensor, weights:torch.Tensor|None=None) -> torch.Tensor:
         "The weighted mean of `base(pred, target)`; without weights, the plain mean."

@@ -12,24 +12,20 @@ from scipy.spatial.distance import cdist
 from skimage.metrics import structural_similarity
 from skimage.segmentation import relabel_sequential
 from fastai.metrics import Dice
-from .core import ShapeError, ValueRangeError
+from .core import ShapeError, ValueRangeError, to_numpy
 
 # %% auto #0
 __all__ = ['dice', 'iou', 'DiceMetric', 'IoUMetric', 'instance_iou', 'match_instances', 'instance_ap', 'match_spots',
            'count_error', 'frame_rmse', 'frame_ssim', 'copy_last_frame']
 
 # %% ../nbs/11_metrics.ipynb #e4330122
-def _np(x) -> np.ndarray:
-    "`x` as a numpy array (tensors are detached and moved to the CPU)."
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
 def _same_shape(a:np.ndarray, b:np.ndarray, what:str):
     if a.shape!=b.shape: raise ShapeError(what, f'prediction {a.shape} and truth {b.shape}', 'equal shapes',
                                           'compare a prediction with the truth for the same image')
 
 # %% ../nbs/11_metrics.ipynb #905d1096
 def _binary_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _np(pred)!=0, _np(truth)!=0
+    p, t = to_numpy(pred)!=0, to_numpy(truth)!=0
     _same_shape(p, t, 'masks')
     return p, t
 
@@ -79,7 +75,7 @@ class IoUMetric(DiceMetric):
 # %% ../nbs/11_metrics.ipynb #092a67b7
 def _labels(x, what:str) -> np.ndarray:
     "Label image `x` with labels renumbered 1..n."
-    a = _np(x)
+    a = to_numpy(x)
     if a.dtype.kind not in 'biu' or (a.dtype.kind=='i' and a.size and a.min()<0):
         raise ValueRangeError(what, f'dtype {a.dtype}, smallest value {a.min() if a.size else None}',
                               'non-negative integer labels (0 = background)', 'label the mask, e.g. with skimage.measure.label')
@@ -132,7 +128,7 @@ def instance_ap(pred_labels, # predicted label image, 0 = background
 
 # %% ../nbs/11_metrics.ipynb #d9660319
 def _points(x) -> np.ndarray:
-    a = _np(x).astype(np.float64)
+    a = to_numpy(x).astype(np.float64)
     return a.reshape(0, 2) if a.size==0 else a
 
 def match_spots(pred_pts, # (N,2) predicted coordinates (y,x)
@@ -153,14 +149,14 @@ def count_error(pred_counts, # predicted count per image
                 true_counts  # true count per image
                ) -> dict: # mae, relative
     "Mean absolute and mean relative error of counts."
-    p, t = _np(pred_counts).astype(np.float64).ravel(), _np(true_counts).astype(np.float64).ravel()
+    p, t = to_numpy(pred_counts).astype(np.float64).ravel(), to_numpy(true_counts).astype(np.float64).ravel()
     _same_shape(p, t, 'counts')
     err = np.abs(p-t)
     return dict(mae=float(err.mean()), relative=float((err/np.maximum(t, 1)).mean()))
 
 # %% ../nbs/11_metrics.ipynb #dbb684f1
 def _frames(pred, target) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _np(pred).astype(np.float64), _np(target).astype(np.float64)
+    p, t = to_numpy(pred).astype(np.float64), to_numpy(target).astype(np.float64)
     _same_shape(p, t, 'frames')
     return p, t
 

@@ -17,9 +17,9 @@ from torchvision.models import resnet34
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
-from fastprogress.fastprogress import progress_bar
 from fasttransform import Transform, ItemTransform
 from fastcore.meta import delegates
+from fastcore.basics import store_attr
 from fastai.torch_core import TensorMask, show_image, params, set_seed
 from fastai.layers import ConvLayer, PixelShuffle_ICNR, NormType
 from fastai.data.block import DataBlock, TransformBlock
@@ -210,7 +210,7 @@ class AddEdgeWeights(ItemTransform):
     "Append the U-Net edge weight map of each (augmented) target mask to a batch (image, prev_mask, mask)."
     order = 100  # after the augmentations, so the weights follow the mask
     def __init__(self, w0:float=10., sigma:float=5., class_balance:bool=True): # see `edge_weight_map`
-        super().__init__(); self.w0, self.sigma, self.class_balance = w0, sigma, class_balance
+        super().__init__(); store_attr()
     def encodes(self, b):
         if len(b)<3: return b   # no target (test_dl): nothing to weigh
         w = np.stack([edge_weight_map(m, self.w0, self.sigma, self.class_balance) for m in b[2].detach().cpu().numpy()])
@@ -372,6 +372,7 @@ def rescunet_splitter(model:ReSCUNet) -> list:
     "Parameter groups: the image encoder, then the rest (so a pretrained encoder can be frozen)."
     return [params(model.image_stages), [p for n, p in model.named_parameters() if not n.startswith('image_stages.')]]
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'metrics', 'splitter'])
 def rescunet_learner(dls, # `DataLoaders` from `rescunet_dls`
                      concat_level:int=1, # stages that encode image and previous mask separately (0-4)
                      encoder='plain', # 'plain' (the seed's U-Net) or a torchvision ResNet constructor (e.g. `resnet34`)
@@ -379,7 +380,7 @@ def rescunet_learner(dls, # `DataLoaders` from `rescunet_dls`
                      pretrained:bool=True, # ImageNet weights for a ResNet encoder, frozen until `unfreeze`
                      loss_func=None, # default: `MaskedLoss()`, cross-entropy weighted by the edge weights in the batch
                      metrics=None, # default: `IoUMetric()`
-                     **kwargs # passed to `Learner`
+                     **kwargs
                     ) -> Learner:
     "A `Learner` for a `ReSCUNet` sized from `dls`: inputs (image, previous mask), target (mask, weights)."
     img = dls.one_batch()[0]
@@ -413,11 +414,7 @@ def rescunet_train(experiment:dict, # name, epochs; optional lr, concat_level, e
                    **kwargs
                   ) -> Learner:
     "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
-    known = {'name', 'epochs', 'lr', 'concat_level', 'encoder', 'width', 'pretrained', 'loading_codes'}
-    if 'epochs' not in experiment or set(experiment)-known:
-        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
-                              'fix the key names of the experiment dict')
-    e = dict(lr=3e-3, concat_level=1, encoder='plain', width=16, pretrained=True, loading_codes=(0,)) | experiment
+    e = experiment_params(experiment, dict(lr=3e-3, concat_level=1, encoder='plain', width=16, pretrained=True, loading_codes=(0,)))
     set_seed(seed, reproducible=True)
     dls = rescunet_dls(source, size, bs, valid_pct, seed, loading_codes=e['loading_codes'], **kwargs)
     encoder = _encoder(e['encoder'])
@@ -445,7 +442,7 @@ def show_results(x:Tuple[TensorMultiChannel, TensorPrevMask], y, samples, outs, 
 class SubimageModel(nn.Module):
     "A `ReSCUNet` for `predict_tiled`: (B, C+1, h, w) image channels and previous mask, scaled to the network size and back."
     def __init__(self, model:ReSCUNet, size): # the network and its input (h, w)
-        super().__init__(); self.model, self.size = model, _size2(size)
+        super().__init__(); store_attr('model'); self.size = _size2(size)
     def forward(self, x):
         img, m, hw = x[:, :-1], x[:, -1:], tuple(x.shape[-2:])
         if hw==self.size: return self.model(img, m)
@@ -527,7 +524,7 @@ def _propagate(learn:Learner, video, first, start:int, labels, progress:bool, wh
     out[start] = first
     ids = np.unique(first[first>0])
     frames = range(start+1, len(v))
-    for t in (progress_bar(frames) if progress else frames):
+    for t in maybe_progress(frames, progress):
         best = np.zeros(out.shape[1:], np.float32)
         for k in ids:
             if not (out[t-1]==k).any(): continue   # lost earlier
@@ -538,24 +535,26 @@ def _propagate(learn:Learner, video, first, start:int, labels, progress:bool, wh
     if lost: warnings.warn(f'objects {lost} were lost before the last frame: correct their masks where they vanish and propagate again from there')
     return out
 
+@delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def propagate_labels(learn:Learner, # a trained ReSCU-Net learner
                      video, # (T,H,W) or (T,C,H,W) frames
                      first_labels, # (H,W) labels of the objects to follow in frame `start`, 0 = background
                      start:int=0, # frame of `first_labels`
                      labels=None, # (T,H,W) an earlier result: its frames before `start` are kept
                      progress:bool=True, # show a progress bar over frames
-                     **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+                     **kwargs
                     ) -> np.ndarray: # (T,H,W) int32 labels
     "Follow every object of `first_labels` from frame `start` to the end of `video`; contested pixels go to the most probable object."
     return _propagate(learn, video, first_labels, start, labels, progress, 'first_labels', **kwargs)
 
+@delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def propagate(learn:Learner, # a trained ReSCU-Net learner
               video, # (T,H,W) or (T,C,H,W) frames
               first_mask, # (H,W) binary mask of the object in frame `start`
               start:int=0, # frame of `first_mask`
               masks=None, # (T,H,W) an earlier result: its frames before `start` are kept (restart from a corrected mask)
               progress:bool=True, # show a progress bar over frames
-              **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+              **kwargs
              ) -> np.ndarray: # (T,H,W) bool masks
     "Follow the object of `first_mask` from frame `start` to the end of `video`."
     first = binary_mask(first_mask, 'first_mask')
@@ -610,16 +609,17 @@ def _video_pairs(source) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(d.name, read_stack(d/'image.tif'), read_mask(d/'labels.tif')) for d in folders]
 
 # %% ../nbs/21_rescunet.ipynb #c2f1a874
+@delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def rescunet_predict_folder(learn:Learner, # a trained ReSCU-Net learner
                             folder, # folder of video folders, each holding image.tif and labels.tif (first frame, or all)
                             dest, # writes dest/NAME.tif, the (T,H,W) label video
                             progress:bool=True, # show a progress bar over videos
-                            **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+                            **kwargs
                            ) -> pd.DataFrame:
     "Follow the objects of each video's first frame through the video; one row per video, with the objects lost on the way."
     dest, rows = Path(dest), []
     videos = _video_pairs(folder)
-    for name, v, labels in (progress_bar(videos) if progress else videos):
+    for name, v, labels in maybe_progress(videos, progress):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')   # lost objects are in the table
             pred = propagate_labels(learn, v, labels[0] if labels.ndim==3 else labels, progress=False, **kwargs)
@@ -657,10 +657,11 @@ def _track_scores(learn:Learner, name:str, v:np.ndarray, labels:np.ndarray, one_
     return rows
 
 # %% ../nbs/21_rescunet.ipynb #55232305
+@delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def rescunet_evaluate(learn:Learner, # a trained ReSCU-Net learner
                       source=None, # None: the validation samples; else a folder of video folders, or a list of (video, labels)
                       one_step:bool=True, # on videos, also score one step from the true previous mask
-                      **kwargs # passed to `rescunet_predict` (subimage_size, step, margin, erosion_width, threshold)
+                      **kwargs
                      ) -> pd.DataFrame:
     "IoU of the model and of the copy-the-given-mask baseline, per validation sample or per object and frame of videos."
     if source is None: res = _sample_scores(learn, **kwargs)

@@ -24,9 +24,8 @@ from plum import dispatch
 from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle, lr_find  # patch them onto `Learner`
 from fastai.metrics import accuracy
-from fastprogress.fastprogress import progress_bar
 from .core import (ShapeError, EmptyDataError, ValueRangeError, MissingFileError, as_rng, inference_model,
-                            composite, as_chw, TensorMultiChannel)
+                            composite, as_chw, experiment_params, maybe_progress, TensorMultiChannel)
 from .io import read_image, read_mask, normalize_percentile, image_files
 from .metrics import count_error, match_spots
 
@@ -272,7 +271,7 @@ def spines_learner(dls, # `DataLoaders` from `spines_dls`
 class DenseMaxPool(nn.Module):
     "Max pooling over `kernel_size` x `kernel_size` windows at stride 1 with `dilation`: `MaxPool2d(k, 1, dilation=d)`, faster."
     def __init__(self, kernel_size:int, dilation:int=1):
-        super().__init__(); self.kernel_size, self.dilation = kernel_size, dilation
+        super().__init__(); store_attr()
 
     def forward(self, x):
         k, d = self.kernel_size, self.dilation
@@ -335,7 +334,7 @@ def scan(model:Learner|SpineCNN|SpineScanner, # a trained spine `Learner`, its `
     x, out = torch.from_numpy(x), np.empty((h, w), np.float32)
     tiles = [(y0, x0) for y0 in range(0, h, tile_size) for x0 in range(0, w, tile_size)]
     with torch.inference_mode():
-        for y0,x0 in (progress_bar(tiles) if progress else tiles):
+        for y0,x0 in maybe_progress(tiles, progress):
             th, tw = min(tile_size, h-y0), min(tile_size, w-x0)
             t = x[None, :, y0:y0+th+sc.span-1, x0:x0+tw+sc.span-1].to(dev)
             out[y0:y0+th, x0:x0+tw] = sc(t).softmax(1)[0, 1].cpu().numpy()
@@ -354,7 +353,7 @@ def scan_patchwise(model:Learner|SpineCNN, # a trained spine `Learner` or its `S
     starts = range(0, h*w, batch_size)
     with torch.inference_mode():
         probs = [m(torch.from_numpy(_crop(x, ys[i:i+batch_size], xs[i:i+batch_size], m.patch_size)).to(dev)).softmax(1)[:, 1].cpu()
-                 for i in (progress_bar(starts) if progress else starts)]
+                 for i in maybe_progress(starts, progress)]
     return torch.cat(probs).numpy().reshape(h, w)
 
 # %% ../nbs/24_spines.ipynb #77d34849
@@ -465,7 +464,7 @@ def spines_predict_folder(learn:Learner|SpineCNN|SpineScanner, # a trained spine
     sc = learn if isinstance(learn, SpineScanner) else scanner_from(learn)
     dest.mkdir(parents=True, exist_ok=True)
     fns = image_files(folder)
-    for fn in (progress_bar(fns) if progress else fns):
+    for fn in maybe_progress(fns, progress):
         img = read_image(fn)
         spines = spines_predict(sc, img, counter)
         n = len(spines)
@@ -490,10 +489,11 @@ def log_spines(image, # (C,H,W) or (H,W) image, raw intensities (channels are av
     b = blob_log(x, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=num_sigma, threshold=threshold).reshape(-1, 3)
     return pd.DataFrame(dict(y=b[:, 0], x=b[:, 1], radius=b[:, 2]*np.sqrt(2)))
 
+@delegates(log_spines, but=['image', 'threshold'])
 def tune_log(images:list, # training images
              true_counts, # annotated spine count per image
              thresholds=tuple(np.round(np.geomspace(0.01, 0.5, 15), 4)), # thresholds tried
-             **kwargs # passed to `log_spines`
+             **kwargs
             ) -> tuple[float, float]:
     "The LoG threshold with the lowest mean relative count error on `images`, and that error."
     errs = [count_error([len(log_spines(im, t, **kwargs)) for im in images], true_counts)['relative'] for t in thresholds]
@@ -515,11 +515,7 @@ def spines_train(experiment:dict, # name, epochs; optional lr, filters, fc, ps, 
                  **kwargs
                 ) -> Learner:
     "Train the patch CNN of one `experiment`, then tune its counter and the LoG baseline; `compare_models` calls this."
-    known = {'name', 'epochs', 'lr', 'filters', 'fc', 'ps', 'patch_size'}
-    if 'epochs' not in experiment or set(experiment)-known:
-        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
-                              'fix the key names of the experiment dict')
-    e = dict(lr=3e-3, filters=(8,16,32), fc=(100,50), ps=0.25, patch_size=40) | experiment
+    e = experiment_params(experiment, dict(lr=3e-3, filters=(8,16,32), fc=(100,50), ps=0.25, patch_size=40))
     imgs, pts = _spines_source(source)
     set_seed(seed, reproducible=True)
     dls = spines_dls(imgs, pts, valid_pct, bs=bs, seed=seed, patch_size=e['patch_size'], **kwargs)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 import numpy as np, torch
 from torch import nn
-from fastprogress.fastprogress import progress_bar
 from fastai.learner import Learner
-from .core import inference_model, ShapeError, ValueRangeError, TensorMultiChannel
+from .core import inference_model, as_chw, maybe_progress, ShapeError, ValueRangeError
 
 # %% auto #0
 __all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'seam_score']
@@ -65,12 +64,8 @@ def blend_window(tile_shape:tuple[int,int], # (height, width) of a tile
 
 # %% ../nbs/05_tiles.ipynb #f335fc5c
 def _as_image(image) -> torch.Tensor:
-    "A plain float32 CPU tensor (C,H,W) from an array or tensor of shape (C,H,W) or (H,W)."
-    x = image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if x.ndim not in (2, 3):
-        raise ShapeError('image', f'shape {tuple(x.shape)}', '(C,H,W) or (H,W)',
-                         'predict one image at a time: loop over the frames of a sequence or the items of a batch')
-    t = TensorMultiChannel.create(x).as_subclass(torch.Tensor)
+    "A plain float32 CPU tensor (C,H,W) of finite values from an array or tensor of shape (C,H,W) or (H,W)."
+    t = torch.from_numpy(as_chw(image, 'image'))
     if not torch.isfinite(t).all():
         raise ValueRangeError('image', 'NaN or infinite values', 'finite intensities', 'replace them, e.g. with np.nan_to_num')
     return t
@@ -103,7 +98,7 @@ def predict_tiled(model:Learner|nn.Module, # a fastai `Learner` or a torch modul
     out,wsum,windows = None,torch.zeros(hp, wp),{}
     batches = range(0, len(tiles), batch_size)
     with torch.no_grad():
-        for b in (progress_bar(batches) if progress else batches):
+        for b in maybe_progress(batches, progress):
             idx = tiles[b:b+batch_size]
             x = torch.stack([img[:, ys[i]:ys[i]+t, xs[j]:xs[j]+t] for i,j in idx]).to(dev)
             pred = m(x)

@@ -5,7 +5,6 @@ spots and nextframe are walked too once `biofastai.spots` / `biofastai.nextframe
 accept an experiment holding only a name and `epochs` (every other key has a default), as the grid tutorial says."""
 import importlib, inspect
 from functools import partial
-from pathlib import Path
 import pandas as pd, pytest
 from fastcore.docments import docments
 from biofastai.compare import compare_models

@@ -1,24 +1,16 @@
 "ReSCU-Net: every concat level trains and predicts, propagation beats copying the first mask on synthetic and real HeLa videos, bad input fails clearly."
-import importlib.util, warnings
+import importlib.util
 from pathlib import Path
 import numpy as np, pytest, torch, tifffile
 from torchvision.models import resnet18
 from fastai.torch_core import set_seed
 from fastai.learner import load_learner
-from biofastai.core import BioDataError, ShapeError, EmptyDataError, ValueRangeError, MissingFileError
+from biofastai.core import ShapeError, EmptyDataError, ValueRangeError, MissingFileError
 from biofastai.io import write_tiff
+from biofastai.metrics import iou
 from biofastai.synth import make_video
 from biofastai.rescunet import (link_labels, write_rescunet_samples, rescunet_items, rescunet_dls, rescunet_learner, rescunet_predict,
-                                propagate, propagate_labels, show_propagation, save_propagation_gif)
-
-def iou(a, b) -> float:
-    union = (a|b).sum()
-    return (a&b).sum()/union if union else 1.
-
-def track_ious(pred, truth, start=0) -> np.ndarray:
-    "(objects, frames after `start`) IoU of each object of the first truth frame, predicted against true."
-    ids = np.unique(truth[start][truth[start]>0])
-    return np.array([[iou(pred[t]==k, truth[t]==k) for t in range(start+1, len(truth))] for k in ids])
+                                propagate, rescunet_evaluate, show_propagation, save_propagation_gif)
 
 def fit_quietly(learn, epochs, lr):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
@@ -88,9 +80,8 @@ def synthetic(tmp_path_factory):
     return learn
 
 def test_synthetic_propagation_beats_copying(synthetic):
-    video, labels = make_video(seed=100)
-    pred = propagate_labels(synthetic, video, labels[0], progress=False)
-    model, copy = track_ious(pred, labels).mean(), track_ious(np.stack([labels[0]]*len(labels)), labels).mean()
+    ev = rescunet_evaluate(synthetic, [make_video(seed=100)], one_step=False)
+    model, copy = ev.iou.mean(), ev.copy_iou.mean()
     print(f'mean IoU over 19 frames: ReSCU-Net {model:.3f}, copy of the first mask {copy:.3f}')
     assert model >= 0.8 and model >= copy + 0.15   # bench/rescunet.py trains longer and reaches the 0.85 target
 
@@ -133,10 +124,9 @@ def test_hela_nuclei_propagation(tmp_path):
     fit_quietly(learn, 3, 3e-3)
     ids, counts = np.unique(np.concatenate([np.unique(f[f>0]) for f in labels]), return_counts=True)
     tracks = [k for k in ids[counts==len(labels)] if np.nonzero(labels[0]==k)[1].mean() > 650]   # whole tracks in the right part
-    first = np.where(np.isin(labels[0], tracks), labels[0], 0)
-    pred = propagate_labels(learn, video, first, progress=False)
     truth = np.where(np.isin(labels, tracks), labels, 0)
-    model, copy = track_ious(pred, truth).mean(), track_ious(np.stack([first]*len(truth)), truth).mean()
+    ev = rescunet_evaluate(learn, [(video, truth)], one_step=False)
+    model, copy = ev.iou.mean(), ev.copy_iou.mean()
     print(f'{len(samples)} training samples; {len(tracks)} test tracks; mean IoU over 19 frames: ReSCU-Net {model:.3f}, copy of the first mask {copy:.3f}')
     assert len(tracks) >= 10
     assert model > copy + 0.2
