@@ -9,28 +9,34 @@ from biofastai.metrics import count_error
 from biofastai.spines import (read_spines, spines_dls, spines_learner, spine_patches, scan, scan_patchwise, tune_counter,
                               count_spines, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
 
+SEED = 0   # the recipe reached count errors 0.020-0.065 (LoG 0.21-0.52) with seeds 0-3 on the dependencies of 2026-12
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    "A spine learner trained briefly on 6 synthetic dendrites, its counter tuned on the 2 held-out validation images."
+    "A spine learner trained on 8 synthetic dendrites, its counter tuned on 4 more held out of training."
     tmp = tmp_path_factory.mktemp('spines')
-    imgs, pts = read_spines(synth_dendrites(tmp/'train', n=6, size=192, seed=0))
-    set_seed(0)
-    dls = spines_dls(imgs, pts, valid_pct=0.34, seed=0)
+    imgs, pts = read_spines(synth_dendrites(tmp/'train', n=12, size=192, seed=SEED))
+    set_seed(SEED)
+    dls = spines_dls(imgs, pts, valid_pct=0.34, seed=SEED)
     learn = spines_learner(dls)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-3)
     v = dls.valid_images
     counter, _ = tune_counter([scan(learn, imgs[i]) for i in v], [pts[i] for i in v])
-    test_dir = synth_dendrites(tmp/'test', n=3, size=192, seed=1)
+    test_dir = synth_dendrites(tmp/'test', n=3, size=192, seed=SEED+1)
     return dict(learn=learn, counter=counter, imgs=imgs, pts=pts, test_dir=test_dir, test=read_spines(test_dir))
 
-def test_counts_beat_log(trained):
-    test_imgs, test_pts = trained['test']
-    truth = [len(p) for p in test_pts]
-    model = count_error([count_spines(trained['learn'], im, trained['counter'])[0] for im in test_imgs], truth)['relative']
-    thr, _ = tune_log(trained['imgs'], [len(p) for p in trained['pts']])
-    log = count_error([len(log_spines(im, thr)) for im in test_imgs], truth)['relative']
-    print(f'relative count error: model {model:.3f}, LoG {log:.3f}')
-    assert model < log and model <= 0.15
+def test_counts_beat_log_and_a_constant(trained):
+    "On 8 new dendrites with 1-3 branches (so counts vary), the model counts closer than a tuned LoG and than the mean training count."
+    rng = np.random.default_rng(SEED+100)
+    test = [make_dendrite(192, n_branches=int(rng.integers(1, 4)), seed=rng) for _ in range(8)]
+    truth = [len(spines) for _, spines in test]
+    model = count_error([count_spines(trained['learn'], im, trained['counter'])[0] for im, _ in test], truth)['relative']
+    train_counts = [len(p) for p in trained['pts']]
+    thr, _ = tune_log(trained['imgs'], train_counts)
+    log = count_error([len(log_spines(im, thr)) for im, _ in test], truth)['relative']
+    constant = count_error([np.mean(train_counts)]*len(truth), truth)['relative']
+    print(f'relative count error: model {model:.3f}, LoG {log:.3f}, constant {constant:.3f}')
+    assert model <= 0.15 and model < min(log, constant)
 
 def test_trained_scanner_equals_patch_loop(trained):
     im = trained['test'][0][0][:, 20:84, 30:130]
