@@ -38,8 +38,8 @@ from .metrics import dice, iou, DiceMetric, IoUMetric
 
 # %% auto #0
 __all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'cellseg_dls', 'make_subimages', 'cellseg_learner',
-           'cellseg_fit', 'augmentations', 'explore_transforms', 'cellseg_predict', 'cellseg_predict_folder',
-           'otsu_mask', 'cellseg_evaluate', 'cellseg_train', 'plot_penalty_sweep', 'penalty_sweep']
+           'cellseg_fit', 'cellseg_train', 'augmentations', 'explore_transforms', 'cellseg_predict',
+           'cellseg_predict_folder', 'otsu_mask', 'cellseg_evaluate', 'plot_penalty_sweep', 'penalty_sweep']
 
 # %% ../nbs/20_cellseg.ipynb #af799920
 DEFAULT_CODES = ('Background', 'Cell')
@@ -54,6 +54,7 @@ def _samples(folder:Path) -> dict:
         elif p.suffix.lower() in IMAGE_EXTS: out[p.stem] = p
     return out
 
+# %% ../nbs/20_cellseg.ipynb #50e41507
 def _pair(img_dir:Path, mask_dir:Path) -> pd.DataFrame:
     "Images and masks paired by name; an unpaired file is an error."
     images, masks = _samples(img_dir), {p.stem:p for p in image_files(mask_dir)}
@@ -67,6 +68,7 @@ def _pair(img_dir:Path, mask_dir:Path) -> pd.DataFrame:
                                    f'add its mask to {mask_dir}; for a cell-free negative control, save an all-zero mask')
     return pd.DataFrame(dict(image=[images[n] for n in masks], mask=list(masks.values())))
 
+# %% ../nbs/20_cellseg.ipynb #e0577f75
 def cellseg_items(source # folder with FullImage/ and Mask_Norm/ (the seed's layout) or images/ and masks/; or a DataFrame with columns image and mask
                  ) -> pd.DataFrame:
     "One row per sample: `image` (a file, or a tuple of per-channel files) and `mask`, with any other columns of a DataFrame `source`."
@@ -82,6 +84,7 @@ def cellseg_items(source # folder with FullImage/ and Mask_Norm/ (the seed's lay
                            'a folder holding FullImage/ and Mask_Norm/, or images/ and masks/',
                            'arrange the files in one of these layouts, or pass a DataFrame with columns image and mask')
 
+# %% ../nbs/20_cellseg.ipynb #209248e4
 def _codes(source, codes=None) -> list:
     "Class names: `codes`, else those in `source`/codes.txt, else `DEFAULT_CODES`."
     if codes is not None: return list(codes)
@@ -95,10 +98,12 @@ def _codes(source, codes=None) -> list:
 # %% ../nbs/20_cellseg.ipynb #cd80fdcb
 def _missing(v) -> bool: return v is None or (isinstance(v, float) and np.isnan(v))
 
+# %% ../nbs/20_cellseg.ipynb #8aefaed8
 def _name(item) -> str:
     "A sample's name: the file's stem, or the folder of its per-channel files."
     return Path(item[0]).parent.name if isinstance(item, (list, tuple)) else Path(item).stem
 
+# %% ../nbs/20_cellseg.ipynb #1742df69
 def cellseg_check(items:pd.DataFrame, # from `cellseg_items`
                   loading_codes:list, # loading codes, one per input channel of the model
                   codes=DEFAULT_CODES, # class names; mask values are indices into them
@@ -151,10 +156,12 @@ def _mask_tensor(fn) -> TensorMask:
     "The mask in `fn` as a `TensorMask` of class indices."
     return TensorMask(torch.from_numpy(read_mask(fn).astype(np.int64)))
 
+# %% ../nbs/20_cellseg.ipynb #216239d8
 def _mask_block(codes:list) -> TransformBlock:
     "fastai's `MaskBlock`, reading masks with `read_mask` (TIFF, PNG or NPY, any integer type)."
     return TransformBlock(type_tfms=_mask_tensor, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
+# %% ../nbs/20_cellseg.ipynb #d9be7062
 @delegates(DataBlock.dataloaders)
 def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or images/ + masks/) or a DataFrame with columns image, mask [, is_valid]
                 loading_codes:list|None=None, # loading codes, one per model input channel (see `channels`); None: every channel of the first image
@@ -202,6 +209,7 @@ def _cell_free(labels:np.ndarray, size:int, n:int, rng, source) -> list:
     if len(found)<n: warnings.warn(f'{source}: found {len(found)} of {n} cell-free {size}x{size} windows')
     return found
 
+# %% ../nbs/20_cellseg.ipynb #dc0e67dc
 def make_subimages(images, # folder of fields of view, or a list of image files
                    labels, # folder of their instance labels (0 = background; a 0/1 mask is split into connected cells), or a list
                    dest, # folder to write FullImage/, Mask_Norm/ and codes.txt into
@@ -247,6 +255,7 @@ def _arch(arch):
                               "pass arch='resnet34' (the seed's), or a function that builds an encoder")
     return fn
 
+# %% ../nbs/20_cellseg.ipynb #11870b96
 @delegates(unet_learner, but=['n_in', 'n_out', 'normalize', 'pretrained', 'loss_func', 'metrics'])
 def cellseg_learner(dls:DataLoaders, # from `cellseg_dls`
                     arch='resnet34', # encoder: a name such as 'resnet18', 'resnet34', 'resnet50', or a model function
@@ -281,17 +290,39 @@ def cellseg_fit(learn:Learner, # from `cellseg_learner`
     else: learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2))
     return learn
 
+# %% ../nbs/20_cellseg.ipynb #869bc0f6
+@delegates(cellseg_dls, but=['loading_codes', 'size', 'bs', 'valid_pct', 'seed', 'channel_dropout'])
+def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs, lr; optional freeze_epochs, channel_dropout
+                  source, # folder or DataFrame for `cellseg_dls`
+                  size:int|None=None, # crop or pad samples to this size
+                  bs:int=8, # batch size
+                  seed:int=0, # seed of the split, the loading codes and the initialisation
+                  valid_pct:float=0.2, # fraction of samples for validation, unless `source` has an `is_valid` column
+                  pretrained:bool=True, # start the encoder from ImageNet weights
+                  freeze_epochs:int=5, # frozen epochs first, unless the experiment says otherwise (pretrained only)
+                  cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                  **kwargs
+                 ) -> Learner:
+    "Build the data and learner of one `experiment` and fit it with `cellseg_fit`; `compare_models` calls this."
+    e = experiment_params(experiment, dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.))
+    set_seed(seed, reproducible=True)
+    dls = cellseg_dls(source, e['loading_codes'], size=size, bs=bs, valid_pct=valid_pct, seed=seed, channel_dropout=e['channel_dropout'], **kwargs)
+    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained, cbs=cbs)
+    return cellseg_fit(learn, e['epochs'], e['lr'], e['freeze_epochs'])
+
 # %% ../nbs/20_cellseg.ipynb #b0c6edfb
 def augmentations() -> dict:
     "A catalogue of single augmentations, each applied every time (p=1), by name."
     return {'flip': Flip(p=1.), 'rotate 90': Rotate(p=1., draw=90.), 'rotate': Rotate(max_deg=30, p=1.), 'zoom': Zoom(min_zoom=1.2, max_zoom=1.6, p=1.),
             'warp': Warp(magnitude=0.4, p=1.), 'brightness': Brightness(max_lighting=0.5, p=1.), 'contrast': Contrast(max_lighting=0.5, p=1.)}
 
+# %% ../nbs/20_cellseg.ipynb #4b3bdeb6
 def _sample(dls:DataLoaders, idx:int) -> tuple:
     "Sample `idx` of the validation set as a batch of one, loaded without augmentation."
     dl = dls.valid
     return dl.after_batch(dl.do_batch([dl.do_item(idx)]))
 
+# %% ../nbs/20_cellseg.ipynb #d50e1e4e
 def explore_transforms(dls:DataLoaders, # from `cellseg_dls`
                        tfms=None, # transforms, a dict of them by name, or None: `augmentations()` and the training augmentation
                        idx:int=0, # validation sample to transform
@@ -347,6 +378,7 @@ def otsu_mask(x # (C,H,W) normalised image, e.g. the model's input
     m = ndi.gaussian_filter(np.asarray(x, np.float32).mean(0), 1.)
     return ndi.binary_fill_holes(m > threshold_otsu(m)) if m.max()>m.min() else np.zeros(m.shape, bool)
 
+# %% ../nbs/20_cellseg.ipynb #c26a332c
 def _pixel_scores(p:np.ndarray, t:np.ndarray) -> dict:
     "Cell-pixel scores of prediction `p` against truth `t`: Dice, IoU, precision, recall with cells; false-positive area without."
     tp, fp, fn = int((p&t).sum()), int((p&~t).sum()), int((~p&t).sum())
@@ -354,6 +386,7 @@ def _pixel_scores(p:np.ndarray, t:np.ndarray) -> dict:
     if not t.any(): return dict(dice=nan, iou=nan, precision=nan, recall=nan, fp_area=float(p.mean()), tp=tp, fp=fp, fn=fn)
     return dict(dice=dice(p, t), iou=iou(p, t), precision=tp/(tp+fp) if tp+fp else nan, recall=tp/(tp+fn), fp_area=nan, tp=tp, fp=fp, fn=fn)
 
+# %% ../nbs/20_cellseg.ipynb #8f37f819
 def _scores(learn:Learner, source=None, tile_size:int|None=None, overlap:int=32, baseline:bool=False) -> pd.DataFrame:
     "Per-image pixel counts and scores of the cell classes on the validation set or `source`, and of Otsu with `baseline`."
     items = learn.dls.valid_ds.items if source is None else cellseg_items(source)
@@ -367,8 +400,10 @@ def _scores(learn:Learner, source=None, tile_size:int|None=None, overlap:int=32,
 
 _METRICS = ['dice', 'iou', 'precision', 'recall', 'fp_area']
 
+# %% ../nbs/20_cellseg.ipynb #b63a5590
 def _ratio(a:int, b:int) -> float: return float(a/b) if b else 1.
 
+# %% ../nbs/20_cellseg.ipynb #2bf52b3d
 def cellseg_evaluate(learn:Learner, # a trained learner
                      source=None, # None: the validation set; else a folder or DataFrame as for `cellseg_dls`
                      tile_size:int|None=None, # tile height and width, a multiple of 32; None: `learn.tile_size`
@@ -378,26 +413,6 @@ def cellseg_evaluate(learn:Learner, # a trained learner
     res = _scores(learn, source, tile_size, overlap, baseline=True)[['image', 'has_cells', *_METRICS, *(f'otsu_{m}' for m in _METRICS)]]
     res.attrs['baseline'] = 'otsu'
     return res
-
-# %% ../nbs/20_cellseg.ipynb #869bc0f6
-@delegates(cellseg_dls, but=['loading_codes', 'size', 'bs', 'valid_pct', 'seed', 'channel_dropout'])
-def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs, lr; optional freeze_epochs, channel_dropout
-                  source, # folder or DataFrame for `cellseg_dls`
-                  size:int|None=None, # crop or pad samples to this size
-                  bs:int=8, # batch size
-                  seed:int=0, # seed of the split, the loading codes and the initialisation
-                  valid_pct:float=0.2, # fraction of samples for validation, unless `source` has an `is_valid` column
-                  pretrained:bool=True, # start the encoder from ImageNet weights
-                  freeze_epochs:int=5, # frozen epochs first, unless the experiment says otherwise (pretrained only)
-                  cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
-                  **kwargs
-                 ) -> Learner:
-    "Build the data and learner of one `experiment` and fit it with `cellseg_fit`; `compare_models` calls this."
-    e = experiment_params(experiment, dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.))
-    set_seed(seed, reproducible=True)
-    dls = cellseg_dls(source, e['loading_codes'], size=size, bs=bs, valid_pct=valid_pct, seed=seed, channel_dropout=e['channel_dropout'], **kwargs)
-    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained, cbs=cbs)
-    return cellseg_fit(learn, e['epochs'], e['lr'], e['freeze_epochs'])
 
 # %% ../nbs/20_cellseg.ipynb #8fd2e755
 def plot_penalty_sweep(res:pd.DataFrame, # from `penalty_sweep`
@@ -410,6 +425,7 @@ def plot_penalty_sweep(res:pd.DataFrame, # from `penalty_sweep`
     ax.set(xlabel='recall (of cell pixels)', ylabel='precision (of cell pixels)', title='penalty of missed cell pixels')
     return ax
 
+# %% ../nbs/20_cellseg.ipynb #cebfc959
 def penalty_sweep(dls:DataLoaders, # from `cellseg_dls`
                   penalties=(0.25, 1., 4., 16.), # cross-entropy weights of the cell class
                   epochs:int=5, # epochs per model (see `cellseg_fit`)

@@ -31,6 +31,7 @@ def _channels(chs, recipe:str) -> tuple:
         raise ValueRangeError(recipe, f'channels {chs}', 'one or more channel indices >= 0', f'list the channels, e.g. {recipe}([0, 3, 6])')
     return chs
 
+# %% ../nbs/03_channels.ipynb #fafdeba7
 @dataclass
 class Channel:
     "Raw channel `ch`; loading codes 0-50 are this recipe."
@@ -39,6 +40,7 @@ class Channel:
     def chs(self): return (self.ch,)
     def __call__(self, image, rng=None): return image[self.ch]
 
+# %% ../nbs/03_channels.ipynb #7c1c87e7
 @dataclass
 class Merge:
     "The mean of channels `chs`."
@@ -46,6 +48,7 @@ class Merge:
     def __post_init__(self): self.chs = _channels(self.chs, 'Merge')
     def __call__(self, image, rng=None): return image[list(self.chs)].mean(0)
 
+# %% ../nbs/03_channels.ipynb #739a88c6
 @dataclass
 class RandomOf:
     "One of channels `chs`, drawn per sample in training; the middle one of the list otherwise."
@@ -54,15 +57,18 @@ class RandomOf:
     def __call__(self, image, rng=None):
         return image[self.chs[len(self.chs)//2] if rng is None else self.chs[rng.integers(len(self.chs))]]
 
+# %% ../nbs/03_channels.ipynb #cb77c2e5
 @dataclass
 class Blank:
     "An all-zero channel."
     chs = ()
     def __call__(self, image, rng=None): return np.zeros(image.shape[1:], np.float32)
 
+# %% ../nbs/03_channels.ipynb #d357d1e0
 def _check_p(p:float, name:str):
     if not 0<=p<=1: raise ValueRangeError(name, f'{p}', 'a probability in [0, 1]', f'pass {name} between 0 and 1')
 
+# %% ../nbs/03_channels.ipynb #099a896a
 @dataclass
 class MergeDropout:
     "The mean of channels `chs`, each kept with probability 1-`p` in training (at least one kept); all of them otherwise."
@@ -76,6 +82,7 @@ class MergeDropout:
             if not keep.any(): keep[rng.integers(len(self.chs))] = True
         return image[[c for c,k in zip(self.chs, keep) if k]].mean(0)
 
+# %% ../nbs/03_channels.ipynb #eea34cdc
 @dataclass
 class Dropout:
     "`recipe`'s channel, blanked with probability `p` in training; codes 200-399 are this recipe."
@@ -138,6 +145,7 @@ def _resolve(code, book:RecipeBook, channel_dropout:float, source):
         raise ValueRangeError(source, f'loading code {code!r}', f'a raw channel 0-50, a recipe code ({known}) or 200 + one of these', fix)
     return Dropout(recipe, channel_dropout) if dropout else recipe
 
+# %% ../nbs/03_channels.ipynb #63d6689d
 def resolve_codes(loading_codes:list, # loading codes, one per input channel of the model
                   recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
                   channel_dropout:float=0., # probability of blanking the channel of a code >= 200 in training
@@ -156,6 +164,7 @@ def _check_channels(recipes:list, codes:list, n_channels:int, source):
                                   f'channels 0-{n_channels-1}',
                                   'choose codes for channels this image has, or check its channel axis (read_image(fn, axes=...))')
 
+# %% ../nbs/03_channels.ipynb #4be0e947
 def _load(image:np.ndarray, recipes:list, codes:list, rng, source) -> np.ndarray:
     if image.ndim!=3: raise ShapeError(source, f'an image of shape {image.shape}', 'a (C,H,W) image', 'read it with read_image, or add a channel axis with x[None]')
     _check_channels(recipes, codes, len(image), source)
@@ -163,6 +172,7 @@ def _load(image:np.ndarray, recipes:list, codes:list, rng, source) -> np.ndarray
     for i,r in enumerate(recipes): out[i] = r(image, rng)
     return out
 
+# %% ../nbs/03_channels.ipynb #58894caa
 def load_channels(image:np.ndarray, # (C,H,W) image
                   loading_codes:list, # loading codes, one per output channel
                   recipes:Mapping=SEED_RECIPES, # recipes for codes 51-199
@@ -183,6 +193,7 @@ def describe_item(item # a file, or a tuple of per-channel files
     if not isinstance(item, (list, tuple)): return str(item)
     return str(item[0]) + (f' (+{len(item)-1} more files)' if len(item)>1 else '')
 
+# %% ../nbs/03_channels.ipynb #547caae3
 def read_channels(item, # a file, or a tuple of per-channel files of one size
                   axes:str|None=None # axes of files without axes metadata, e.g. 'CYX' (see `read_image`)
                  ) -> np.ndarray:
@@ -194,6 +205,7 @@ def read_channels(item, # a file, or a tuple of per-channel files of one size
                          'crop or resize the channels to the same size before stacking them')
     return np.concatenate(images)
 
+# %% ../nbs/03_channels.ipynb #9d7d4f33
 class LoadChannels(ItemTransform):
     "Read an image (a file, a tuple of per-channel files or an array), normalise it and apply `loading_codes`; random only on the training set."
     def __init__(self,
@@ -252,14 +264,19 @@ def affine_coord(x:TensorMultiChannel, mat=None, coord_tfm=None, sz=None, mode='
     "Apply affine and coordinate transforms to every channel of `x`, as to a `TensorImage`."
     return TensorMultiChannel(TensorImage.affine_coord(x, mat, coord_tfm, sz, mode, pad_mode, align_corners))
 
+# %% ../nbs/03_channels.ipynb #99090ae5
 @patch
 def lighting(x:TensorMultiChannel, func):
     "fastai's logit-space lighting `func`, linearised about 0.5 so that values outside [0, 1] are kept."
     return 0.5 + func(4*(x-0.5))/4
 
+# %% ../nbs/03_channels.ipynb #8f2de67a
 def _with_subclasses(cls): return [cls, *(s for sub in cls.__subclasses__() for s in _with_subclasses(sub))]
 
+# %% ../nbs/03_channels.ipynb #51282e81
 def _encodes_affine(self, x:TensorMultiChannel): return self._encode(x, self.mode)
+
+# %% ../nbs/03_channels.ipynb #9bc41fc4
 def _encodes_lighting(self, x:TensorMultiChannel): return x.lighting(partial(compose_tfms, tfms=self.fs))
 _encodes_affine.__name__ = _encodes_lighting.__name__ = 'encodes'
 for _cls in _with_subclasses(AffineCoordTfm)+[RandomResizedCropGPU]: _cls(_encodes_affine)
@@ -271,6 +288,7 @@ def show_batch(x:TensorMultiChannel, y:TensorMask, samples, ctxs=None, max_n=10,
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     return [show_image(outline_overlay(img, [m]), ctx=c, **kwargs) for (img,m),c,_ in zip(samples, ctxs, range(max_n))]
 
+# %% ../nbs/03_channels.ipynb #8e08af3b
 @dispatch
 def show_results(x:TensorMultiChannel, y:TensorMask, samples, outs, ctxs=None, max_n=6, nrows=None, ncols=1, figsize=None, **kwargs):
     n = min(len(samples), max_n)

@@ -12,9 +12,12 @@ from fastai.learner import load_learner
 from .core import BioDataError, MissingFileError
 from .synth import SYNTH_DATASETS, synth_all
 from .cellseg import cellseg_train, cellseg_evaluate, cellseg_predict_folder
+from .rescunet import rescunet_train, rescunet_evaluate, rescunet_predict_folder
+from .spines import spines_train, spines_evaluate, spines_predict_folder
 
 # %% auto #0
-__all__ = ['synth_command', 'cellseg_train_command', 'cellseg_predict_command', 'make_parser', 'main']
+__all__ = ['synth_command', 'cellseg_train_command', 'cellseg_predict_command', 'rescunet_train_command',
+           'rescunet_predict_command', 'spines_train_command', 'spines_predict_command', 'make_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #ebb5e13a
 def synth_command(args):
@@ -34,51 +37,135 @@ def _validation_report(ev) -> str:
     if len(free): out += f"; false-positive area={free.fp_area.mean():.4f} (Otsu {free.otsu_fp_area.mean():.4f}) over {len(free)} cell-free fields"
     return out
 
+# %% ../nbs/40_cli.ipynb #75fc2cb9
+def _export(learn, fn):
+    "Export `learn` to `fn`, creating its folder, and say where."
+    out = Path(fn).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    learn.export(out)
+    print(f"saved {out}")
+
+# %% ../nbs/40_cli.ipynb #1de1e5cc
 def cellseg_train_command(args):
     "Train a cell-segmentation learner on `args.data` and export it to `args.out`."
     experiment = dict(name=Path(args.out).stem, loading_codes=args.loading_codes, arch=args.arch, penalty=args.penalty, epochs=args.epochs, lr=args.lr)
     learn = cellseg_train(experiment, args.data, size=args.size, bs=args.bs, seed=args.seed, pretrained=args.pretrained)
     print(_validation_report(cellseg_evaluate(learn)))
-    out = Path(args.out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    learn.export(out)
-    print(f"saved {out}")
+    _export(learn, args.out)
 
-def _load_learner(fn):
+# %% ../nbs/40_cli.ipynb #ec2ab291
+def _load_learner(fn, workflow:str):
     "The learner exported to `fn`, or a `MissingFileError` that says how to make one."
     if not Path(fn).is_file():
-        raise MissingFileError(fn, 'no file', 'a learner exported by `biofastai cellseg train`',
-                               'check the path, or train one: biofastai cellseg train DATA --out MODEL.pkl')
+        raise MissingFileError(fn, 'no file', f'a learner exported by `biofastai {workflow} train`',
+                               f'check the path, or train one: biofastai {workflow} train DATA --out MODEL.pkl')
     return load_learner(fn)
 
+# %% ../nbs/40_cli.ipynb #a8a4bebf
 def cellseg_predict_command(args):
     "Segment every image in `args.folder` with the exported learner `args.model`."
-    res = cellseg_predict_folder(_load_learner(args.model), args.folder, args.dest)
+    res = cellseg_predict_folder(_load_learner(args.model, 'cellseg'), args.folder, args.dest)
     print(f"wrote {len(res)} masks to {Path(args.dest)/'masks'}")
+
+# %% ../nbs/40_cli.ipynb #98d3e166
+def _train_parser(sub, workflow:str, what:str, train_help:str, data_help:str, func, epochs:int, bs:int, lr:float|None, lr_help:str='',
+                  size_help:str|None=None, pretrained_help:str|None=None):
+    "Add `workflow` to the sub-command parser `sub` with its `train` job (running `func`) and the options workflows share; its jobs and `train`."
+    actions = sub.add_parser(workflow, help=what).add_subparsers(dest='action', required=True)
+    t = actions.add_parser('train', help=train_help)
+    t.add_argument('data', help=data_help)
+    t.add_argument('--epochs', type=int, default=epochs, help='epochs of training')
+    t.add_argument('--lr', type=float, default=lr, help=f'peak learning rate {lr_help}')
+    t.add_argument('--bs', type=int, default=bs, help='batch size')
+    t.add_argument('--seed', type=int, default=0, help='seed of the split and the initialisation')
+    t.add_argument('--out', default=f'models/{workflow}.pkl', help='where to export the trained learner')
+    if size_help: t.add_argument('--size', type=int, default=None, help=size_help)
+    if pretrained_help: t.add_argument('--no-pretrained', dest='pretrained', action='store_false', help=pretrained_help)
+    t.set_defaults(func=func)
+    return actions, t
+
+# %% ../nbs/40_cli.ipynb #fcfecf7a
+def _predict_args(actions, workflow:str, what:str, folder_help:str, dest_help:str, func):
+    "Add the `predict` parser of `workflow`, which does `what`, to the sub-parsers `actions`."
+    p = actions.add_parser('predict', help=what)
+    p.add_argument('model', help=f'an exported learner (.pkl) from `{workflow} train`')
+    p.add_argument('folder', help=folder_help)
+    p.add_argument('dest', help=dest_help)
+    p.set_defaults(func=func)
+    return p
 
 # %% ../nbs/40_cli.ipynb #14318b24
 def _cellseg_parsers(sub):
     "Add `cellseg train` and `cellseg predict` to the sub-command parser `sub`."
-    c = sub.add_parser('cellseg', help='cell segmentation: train a U-Net, segment images').add_subparsers(dest='action', required=True)
-    t = c.add_parser('train', help='train on a folder of images and masks, export the learner')
-    t.add_argument('data', help="folder with FullImage/ + Mask_Norm/ (+ codes.txt), or images/ + masks/")
+    c, t = _train_parser(sub, 'cellseg', 'cell segmentation: train a U-Net, segment images', 'train on a folder of images and masks, export the learner',
+                         'folder with FullImage/ + Mask_Norm/ (+ codes.txt), or images/ + masks/', cellseg_train_command, epochs=8, bs=8, lr=None,
+                         lr_help="(default: the LR finder's suggestion)", size_help='crop samples to this size (default: their own)',
+                         pretrained_help='random initial weights instead of ImageNet')
     t.add_argument('--loading-codes', '--codes', dest='loading_codes', type=int, nargs='+', default=None,
                    help='loading codes, one per model input channel (default: every channel)')
     t.add_argument('--arch', default='resnet34', help='encoder, e.g. resnet18, resnet34, resnet50')
-    t.add_argument('--epochs', type=int, default=8, help='epochs of training')
-    t.add_argument('--lr', type=float, default=None, help='learning rate (default: the LR finder\'s suggestion)')
     t.add_argument('--penalty', type=float, default=1., help='cross-entropy weight of cell pixels relative to background')
-    t.add_argument('--size', type=int, default=None, help='crop samples to this size (default: their own)')
-    t.add_argument('--bs', type=int, default=8, help='batch size')
-    t.add_argument('--seed', type=int, default=0, help='seed of the split and the initialisation')
-    t.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='random initial weights instead of ImageNet')
-    t.add_argument('--out', default='models/cellseg.pkl', help='where to export the trained learner')
-    t.set_defaults(func=cellseg_train_command)
-    p = c.add_parser('predict', help='segment every image of a folder, writing masks and probabilities as TIFF')
-    p.add_argument('model', help='an exported learner (.pkl) from `cellseg train`')
-    p.add_argument('folder', help='folder of images')
-    p.add_argument('dest', help='output folder: masks/ and probabilities/')
-    p.set_defaults(func=cellseg_predict_command)
+    _predict_args(c, 'cellseg', 'segment every image of a folder, writing masks and probabilities as TIFF', 'folder of images',
+                  'output folder: masks/ and probabilities/', cellseg_predict_command)
+
+# %% ../nbs/40_cli.ipynb #dcfab42f
+def rescunet_train_command(args):
+    "Train a ReSCU-Net on the sample folders in `args.data` and export it to `args.out`."
+    experiment = dict(name=Path(args.out).stem, epochs=args.epochs, lr=args.lr, concat_level=args.concat_level, encoder=args.encoder,
+                      width=args.width, pretrained=args.pretrained, loading_codes=args.loading_codes)
+    learn = rescunet_train(experiment, args.data, size=args.size, bs=args.bs, seed=args.seed)
+    ev = rescunet_evaluate(learn)
+    print(f"validation: one-step IoU={ev.step_iou.mean():.3f} (copying the previous mask {ev.copy_step_iou.mean():.3f}) over {len(ev)} samples")
+    _export(learn, args.out)
+
+# %% ../nbs/40_cli.ipynb #cd4546cd
+def rescunet_predict_command(args):
+    "Follow the objects of each video folder in `args.folder` with the exported learner `args.model`."
+    res = rescunet_predict_folder(_load_learner(args.model, 'rescunet'), args.folder, args.dest)
+    print(f"wrote {len(res)} label videos to {Path(args.dest)}; objects lost: {int(res.lost.map(len).sum())}")
+
+# %% ../nbs/40_cli.ipynb #ff4c8e4c
+def _rescunet_parsers(sub):
+    "Add `rescunet train` and `rescunet predict` to the sub-command parser `sub`."
+    c, t = _train_parser(sub, 'rescunet', 'follow objects through videos: train a ReSCU-Net, propagate masks',
+                         'train on a folder of sample folders (image/, mask/, prev_mask/), export the learner',
+                         'folder of sample folders, as write_rescunet_samples writes them', rescunet_train_command, epochs=8, bs=8, lr=3e-3,
+                         size_help='network input size the samples are resized to (default: their own)',
+                         pretrained_help='random initial weights for a ResNet encoder')
+    t.add_argument('--concat-level', type=int, default=1, help='stages that encode image and previous mask separately (0-4)')
+    t.add_argument('--encoder', default='plain', help="'plain' (the seed's U-Net) or a torchvision ResNet such as resnet34")
+    t.add_argument('--width', type=int, default=16, help="filters of the plain U-Net's first stage")
+    t.add_argument('--loading-codes', dest='loading_codes', type=int, nargs='+', default=[0], help='loading codes of the image channels')
+    _predict_args(c, 'rescunet', "follow each video's first-frame objects to its last frame", 'folder of video folders (image.tif, labels.tif)',
+                  'output folder: one label video NAME.tif per video', rescunet_predict_command)
+
+# %% ../nbs/40_cli.ipynb #9ef5994e
+def spines_train_command(args):
+    "Train a spine counter on the dataset `args.data` and export it to `args.out`."
+    experiment = dict(name=Path(args.out).stem, epochs=args.epochs, lr=args.lr, patch_size=args.patch_size)
+    learn = spines_train(experiment, args.data, bs=args.bs, seed=args.seed)
+    ev = spines_evaluate(learn)
+    print(f"validation: count error={ev.count_error.mean():.3f} (LoG {ev.log_count_error.mean():.3f}), "
+          f"spot F1={ev.f1.mean():.3f} (LoG {ev.log_f1.mean():.3f}) over {len(ev)} images")
+    _export(learn, args.out)
+
+# %% ../nbs/40_cli.ipynb #b1dc3517
+def spines_predict_command(args):
+    "Count the spines of every image in `args.folder` with the exported learner `args.model`."
+    res = spines_predict_folder(_load_learner(args.model, 'spines'), args.folder, args.dest, figures=args.figures)
+    print(f"counted spines in {len(res)} images: {Path(args.dest)/'counts.csv'}")
+
+# %% ../nbs/40_cli.ipynb #01dba585
+def _spines_parsers(sub):
+    "Add `spines train` and `spines predict` to the sub-command parser `sub`."
+    c, t = _train_parser(sub, 'spines', 'count dendritic spines: train a patch CNN, count spines in images',
+                         'train on a folder with images/ and spines/, export the learner with its tuned counter',
+                         'folder with images/ and spines/ (a CSV of y, x per image), as synth dendrites writes it', spines_train_command,
+                         epochs=4, bs=64, lr=3e-3)
+    t.add_argument('--patch-size', type=int, default=40, help='height and width of the patches')
+    p = _predict_args(c, 'spines', 'count the spines of every image of a folder, writing a CSV per image and counts.csv',
+                      'folder of images', 'output folder', spines_predict_command)
+    p.add_argument('--figures', action='store_true', help='also save an overlay PNG per image')
 
 # %% ../nbs/40_cli.ipynb #fa4c3059
 def make_parser() -> argparse.ArgumentParser:
@@ -92,7 +179,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument('--n', type=int, default=None, help='number of samples (default: the dataset\'s own)')
     s.add_argument('--seed', type=int, default=0, help='random seed: the same seed writes the same files')
     s.set_defaults(func=synth_command)
-    _cellseg_parsers(sub)
+    _cellseg_parsers(sub); _rescunet_parsers(sub); _spines_parsers(sub)
     return p
 
 # %% ../nbs/40_cli.ipynb #01eb0684

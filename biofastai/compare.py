@@ -40,6 +40,7 @@ def _num(v):
     try: return float(v)
     except (TypeError, ValueError): return None
 
+# %% ../nbs/30_compare.ipynb #bb2b4c8c
 class LossHistory(Callback):
     "Record the smoothed training loss per batch and the recorder's values per epoch, across every `fit`."
     order = 51  # after `Recorder`, which computes the smoothed loss and the epoch's values
@@ -53,6 +54,7 @@ class LossHistory(Callback):
         names = [n for n in rec.metric_names[1:] if n!='time']
         self.epoch_values.append({'iter': len(self.train_loss), **{n: _num(v) for n,v in zip(names, rec.values[-1])}})
 
+# %% ../nbs/30_compare.ipynb #b845f836
 def _history(learn:Learner) -> dict:
     "Training loss per batch and values per epoch of `learn`, removing its `LossHistory`."
     hist = next((cb for cb in learn.cbs if isinstance(cb, LossHistory)), None)
@@ -74,6 +76,7 @@ def _jsonable(v):
     if v is None or isinstance(v, (bool, int, float, str)): return v
     return getattr(v, '__name__', None) or type(v).__name__
 
+# %% ../nbs/30_compare.ipynb #ac62e01b
 def _check_experiments(experiments:list[dict]):
     names = [e.get('name') if isinstance(e, dict) else None for e in experiments]
     for n in names:
@@ -89,15 +92,18 @@ def n_params(learn:Learner) -> int:
     "Number of parameters of `learn`'s model."
     return sum(p.numel() for p in learn.model.parameters())
 
+# %% ../nbs/30_compare.ipynb #fd76d3a2
 def _metric_columns(df:pd.DataFrame) -> list[str]:
     return [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
 
+# %% ../nbs/30_compare.ipynb #a20a14e0
 def _summary(name:str, rec:dict, metrics:pd.DataFrame, conf:float, status:str) -> dict:
     "One row of the comparison table."
     row = {'name': name, **rec['params']}
     for c in _metric_columns(metrics): row[c], row[f'{c}_lo'], row[f'{c}_hi'] = mean_ci(metrics[c], conf)
     return {**row, 'n_items': len(metrics), 'n_params': rec['n_params'], 'train_time': rec['train_time'], 'status': status, 'error': ''}
 
+# %% ../nbs/30_compare.ipynb #6e2ab9fc
 def _finished(path:Path, name:str, params:dict, seed:int) -> dict|None:
     "The stored record of experiment `name` if it finished with these `params` and `seed`."
     f = path/f'{name}.json'
@@ -105,6 +111,7 @@ def _finished(path:Path, name:str, params:dict, seed:int) -> dict|None:
     rec = json.loads(f.read_text())
     return rec if rec.get('params')==params and rec.get('seed')==seed else None
 
+# %% ../nbs/30_compare.ipynb #3f09bb8a
 def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed:int) -> tuple[dict, pd.DataFrame]:
     "Train, evaluate and save experiment `e`; the JSON record is written last."
     name = e['name']
@@ -125,6 +132,7 @@ def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed
     (path/f'{name}.json').write_text(json.dumps(rec))
     return rec, metrics
 
+# %% ../nbs/30_compare.ipynb #9cb691c8
 def _report(row:dict, metrics:list[str]) -> str:
     return ', '.join(f"{m} {row[m]:.3f} [{row[m+'_lo']:.3f}, {row[m+'_hi']:.3f}]" for m in metrics)
 
@@ -178,6 +186,7 @@ def _source(source, names=None) -> tuple[Path, list[str]]:
                                        'run compare_models with these experiments, or pick names of finished ones')
     return path, list(names)
 
+# %% ../nbs/30_compare.ipynb #85a30790
 def load_learners(source, # a `compare_models` result, or the folder it saved to
                   names:list[str]|None=None, # experiments to load; default: every finished one
                   cpu:bool=True # load onto the CPU

@@ -31,10 +31,19 @@ class BioDataError(ValueError):
         self.source,self.found,self.expected,self.fix = source,found,expected,fix
         super().__init__(f"{source}: found {found}, expected {expected}. Fix: {fix}")
 
+# %% ../nbs/00_core.ipynb #9185b8c7
 class MissingFileError(BioDataError, FileNotFoundError): "A file or folder that should exist does not."
+
+# %% ../nbs/00_core.ipynb #5819b1e7
 class CorruptFileError(BioDataError): "A file exists but cannot be read as an image or table."
+
+# %% ../nbs/00_core.ipynb #ce26cb54
 class ShapeError(BioDataError): "Arrays have the wrong number of dimensions or mismatched sizes."
+
+# %% ../nbs/00_core.ipynb #f11488f0
 class EmptyDataError(BioDataError): "An image, mask or dataset holds nothing to learn from."
+
+# %% ../nbs/00_core.ipynb #4526ab98
 class ValueRangeError(BioDataError): "Values are NaN/inf, or outside the allowed set (labels, codes, coordinates)."
 
 # %% ../nbs/00_core.ipynb #27b45bde
@@ -128,6 +137,7 @@ CHANNEL_COLORS = ((0,1,0), (1,0,1), (0,1,1), (1,1,0), (1,0,0), (0,0,1), (1,1,1),
 
 def _stretch(c:np.ndarray) -> np.ndarray: return normalize_percentile(c, clip=True)
 
+# %% ../nbs/00_core.ipynb #4a3d1cd4
 def composite(x, # image (C,H,W) or (H,W), tensor or array
               colors=CHANNEL_COLORS # one RGB colour per channel, cycled
              ) -> np.ndarray:
@@ -152,6 +162,7 @@ def outline_overlay(x, # (C,H,W) or (H,W) image, tensor or array
 def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:
     return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).to(dtype)
 
+# %% ../nbs/00_core.ipynb #14fb3f1c
 class TensorMultiChannel(TensorImageBase):
     "A (C,H,W) float microscopy image with any number of channels."
     @classmethod

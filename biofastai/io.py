@@ -8,9 +8,9 @@ Docs: https://biofastai.github.io/biofastai/io.html.md"""
 from __future__ import annotations
 import logging
 from pathlib import Path
-import numpy as np, torch, tifffile, imageio.v3 as iio
+import numpy as np, tifffile, imageio.v3 as iio
 from fastai.data.transforms import get_files
-from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile
+from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile, to_numpy
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'write_tiff', 'image_files', 'normalize_percentile']
@@ -26,6 +26,7 @@ def _default_axes(shape:tuple) -> str|None:
     lead = len(shape) - 2 - rgb
     return 'TC'[:lead] + 'YX' + 'S'*rgb if 0 <= lead <= 2 else None
 
+# %% ../nbs/02_io.ipynb #7ef92714
 def _to_tcyx(x:np.ndarray, # the array as stored
              axes:str|None, # one letter per axis of `x`, from `_AXES`; None when no rule applies
              source, # the file (or array) for error messages
@@ -54,11 +55,13 @@ def _check_path(p:Path) -> str:
     "The fix for a path that is not there."
     return 'check the path' + ('' if p.is_absolute() else f' (relative paths start at {Path.cwd()})')
 
+# %% ../nbs/02_io.ipynb #781a3ad4
 class _ErrorLog(logging.Handler):
     "Collects the errors a logger reports."
     def __init__(self): super().__init__(logging.ERROR); self.messages = []
     def emit(self, record): self.messages.append(record.getMessage())
 
+# %% ../nbs/02_io.ipynb #f8b7c158
 def _read_tiff(fn:Path) -> tuple[np.ndarray, str]:
     "The image in TIFF `fn` and the axes tifffile finds for it."
     log, logger = _ErrorLog(), logging.getLogger('tifffile')
@@ -73,11 +76,13 @@ def _read_tiff(fn:Path) -> tuple[np.ndarray, str]:
     if log.messages: raise ValueError('; '.join(log.messages))
     return x, series[0].axes
 
+# %% ../nbs/02_io.ipynb #815ce97f
 def _read_picture(fn:Path) -> tuple[np.ndarray, str]:
     "The image in PNG or JPEG `fn`, palette images as indices, and its axes."
     x = iio.imread(fn, mode='P' if iio.immeta(fn).get('mode')=='P' else None)
     return x, 'YX' if x.ndim==2 else 'YXS'
 
+# %% ../nbs/02_io.ipynb #1045d4d0
 def _read_file(fn:Path) -> tuple[np.ndarray, str|None]:
     "The array in `fn` and the axes its format or metadata gives (None when unknown)."
     if not fn.is_file(): raise MissingFileError(fn, 'a folder' if fn.exists() else 'no file', 'an image file', _check_path(fn))
@@ -148,7 +153,7 @@ def write_tiff(fn:str|Path, # where to write; parent folders are created
               ) -> Path:
     "Save `x` as a TIFF whose axes metadata lets `read_stack` read it back exactly."
     fn = Path(fn)
-    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    x = to_numpy(x)
     x = _to_tcyx(x, axes.upper() if axes else _default_axes(x.shape), f'the array written to {fn}', 'as given by axes=' if axes else 'assumed from its shape')
     kept = ''.join(a for a,n in zip('TC', x.shape) if n>1) + 'YX'
     x = x.reshape([n for a,n in zip('TCYX', x.shape) if a in kept])

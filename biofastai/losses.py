@@ -45,6 +45,7 @@ def _instances(mask:np.ndarray) -> np.ndarray:
     n_values = len(np.unique(mask[mask!=0]))
     return ndimage.label(mask!=0)[0] if n_values<=1 else mask.astype(np.int64)
 
+# %% ../nbs/10_losses.ipynb #b4f0b9b5
 def _two_nearest(labels:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Distance of every pixel to the nearest and the second-nearest object of `labels` (inf where there is none)."
     d1, d2 = np.full(labels.shape, np.inf), np.full(labels.shape, np.inf)
@@ -54,6 +55,7 @@ def _two_nearest(labels:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d1 = np.minimum(d1, d)
     return d1, d2
 
+# %% ../nbs/10_losses.ipynb #ea68dd86
 def edge_weight_map(mask,                     # (H,W) binary mask or instance labels, 0 = background
                     w0:float=10.,             # extra weight in the gap between objects (at the edge of a lone object)
                     sigma:float=5.,           # width of the border term, in pixels
@@ -82,6 +84,7 @@ def pixel_cross_entropy(pred:torch.Tensor,  # logits with classes on `axis`
     "Unreduced cross-entropy: one loss per pixel, the shape of `target`."
     return F.cross_entropy(pred.movedim(axis, 1), target.long(), reduction='none')
 
+# %% ../nbs/10_losses.ipynb #365dedad
 class MaskedLoss:
     "Mean of a per-pixel loss over pixels with weight > 0, each pixel counted with its weight."
     def __init__(self,

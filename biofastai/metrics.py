@@ -29,6 +29,7 @@ def _binary_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     _same_shape(p, t, 'masks')
     return p, t
 
+# %% ../nbs/11_metrics.ipynb #409b6dbe
 def dice(pred, # predicted mask, non-zero = foreground
          truth # true mask of the same shape
         ) -> float:
@@ -37,6 +38,7 @@ def dice(pred, # predicted mask, non-zero = foreground
     total = p.sum()+t.sum()
     return float(2*(p&t).sum()/total) if total else 1.
 
+# %% ../nbs/11_metrics.ipynb #3782a4a7
 def iou(pred, # predicted mask, non-zero = foreground
         truth # true mask of the same shape
        ) -> float:
@@ -55,6 +57,7 @@ def _fg(pred:torch.Tensor, targ:torch.Tensor, axis:int) -> tuple[torch.Tensor, t
                          'logits (B,K,H,W) for a (B,H,W) mask, or equal shapes', f'check the class axis (axis={axis})')
     return pred!=0, targ!=0
 
+# %% ../nbs/11_metrics.ipynb #6da4117f
 class DiceMetric(Dice):
     "Dice over the whole validation set; uses the first target, so `y = (mask, weights)` works."
     def accumulate(self, learn):
@@ -65,6 +68,7 @@ class DiceMetric(Dice):
     @property
     def value(self): return 2*self.inter/self.union if self.union else 1.
 
+# %% ../nbs/11_metrics.ipynb #b83691a0
 class IoUMetric(DiceMetric):
     "IoU (Jaccard coefficient) over the whole validation set; uses the first target, so `y = (mask, weights)` works."
     @property
@@ -81,6 +85,7 @@ def _labels(x, what:str) -> np.ndarray:
                               'non-negative integer labels (0 = background)', 'label the mask, e.g. with skimage.measure.label')
     return relabel_sequential(a.astype(np.int64))[0]
 
+# %% ../nbs/11_metrics.ipynb #55105c33
 def instance_iou(pred_labels, # predicted label image, 0 = background
                  true_labels  # true label image of the same shape
                 ) -> np.ndarray: # (n_pred, n_true) IoU of every predicted with every true object
@@ -92,6 +97,7 @@ def instance_iou(pred_labels, # predicted label image, 0 = background
     inter = overlap[1:, 1:]
     return inter/(overlap.sum(1)[1:, None] + overlap.sum(0)[None, 1:] - inter)
 
+# %% ../nbs/11_metrics.ipynb #9eed3c98
 def _assign(good:np.ndarray, score:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Rows and columns of a one-to-one assignment with the most `good` pairs, then the highest total `score` (in [0,1])."
     if not good.any(): return np.zeros(0, int), np.zeros(0, int)
@@ -100,12 +106,14 @@ def _assign(good:np.ndarray, score:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = good[rows, cols]
     return rows[keep], cols[keep]
 
+# %% ../nbs/11_metrics.ipynb #169ed222
 def _rates(tp:int, n_pred:int, n_true:int) -> dict:
     "Counts, precision, recall and F1 from the number of true positives."
     fp, fn = n_pred-tp, n_true-tp
     div = lambda a,b: a/b if b else float(n_pred==n_true==0)
     return dict(tp=tp, fp=fp, fn=fn, precision=div(tp, tp+fp), recall=div(tp, tp+fn), f1=div(2*tp, 2*tp+fp+fn))
 
+# %% ../nbs/11_metrics.ipynb #15b5bcdc
 def match_instances(pred_labels, # predicted label image, 0 = background
                     true_labels, # true label image of the same shape
                     thresh:float=0.5, # smallest IoU of a match
@@ -117,6 +125,7 @@ def match_instances(pred_labels, # predicted label image, 0 = background
     n = res['tp']+res['fp']+res['fn']
     return res | dict(ap=res['tp']/n if n else 1., mean_matched_iou=float(ious[rows, cols].mean()) if len(rows) else 0.)
 
+# %% ../nbs/11_metrics.ipynb #cdde15cf
 def instance_ap(pred_labels, # predicted label image, 0 = background
                 true_labels, # true label image of the same shape
                 thresholds=np.arange(0.5, 1, 0.05).round(2), # IoU thresholds
@@ -131,6 +140,7 @@ def _points(x) -> np.ndarray:
     a = to_numpy(x).astype(np.float64)
     return a.reshape(0, 2) if a.size==0 else a
 
+# %% ../nbs/11_metrics.ipynb #db00abde
 def match_spots(pred_pts, # (N,2) predicted coordinates (y,x)
                 true_pts, # (M,2) true coordinates (y,x)
                 radius:float=3., # largest distance of a match, in pixels
@@ -160,6 +170,7 @@ def _frames(pred, target) -> tuple[np.ndarray, np.ndarray]:
     _same_shape(p, t, 'frames')
     return p, t
 
+# %% ../nbs/11_metrics.ipynb #c2fde1f6
 def frame_rmse(pred, # predicted frames
                target # true frames of the same shape
               ) -> float:
@@ -167,6 +178,7 @@ def frame_rmse(pred, # predicted frames
     p, t = _frames(pred, target)
     return float(np.sqrt(((p-t)**2).mean()))
 
+# %% ../nbs/11_metrics.ipynb #2380e1f0
 def frame_ssim(pred, # predicted frames (..., H, W)
                target, # true frames of the same shape
                data_range:float|None=None, # max - min of the intensities; None: the range of `target`
@@ -178,6 +190,7 @@ def frame_ssim(pred, # predicted frames (..., H, W)
     p, t = p.reshape(-1, *p.shape[-2:]), t.reshape(-1, *t.shape[-2:])
     return float(np.mean([structural_similarity(a, b, data_range=rng) for a,b in zip(p, t)]))
 
+# %% ../nbs/11_metrics.ipynb #c7dd4580
 def copy_last_frame(seq # input sequence (T,C,H,W) or batch of sequences (B,T,C,H,W), array or tensor
                    ):   # the last frame: (C,H,W) or (B,C,H,W)
     "The copy-last-frame baseline: the last input frame as the prediction of the next."

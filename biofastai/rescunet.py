@@ -76,11 +76,13 @@ def _frames(video) -> np.ndarray:
     if v.ndim!=4: raise ShapeError('video', f'shape {v.shape}', '(T,H,W) or (T,C,H,W)', 'pass one video, frames along the first axis')
     return v
 
+# %% ../nbs/21_rescunet.ipynb #702226c0
 def _bbox(m:np.ndarray) -> tuple[int, int, int, int]:
     "Bounding box (y0, y1, x0, x1), ends excluded, of the pixels of `m`."
     ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     return ys[0], ys[-1]+1, xs[0], xs[-1]+1
 
+# %% ../nbs/21_rescunet.ipynb #77961a17
 def _crop_window(box:tuple, shape:tuple, crop:int, rng) -> tuple[slice, slice]:
     "A `crop` x `crop` window inside `shape` that holds `box` (y0, y1, x0, x1) at a random offset (centred if it cannot)."
     out = []
@@ -89,6 +91,7 @@ def _crop_window(box:tuple, shape:tuple, crop:int, rng) -> tuple[slice, slice]:
         out.append(slice(s := int(rng.integers(first, last+1)), s+crop) if first<=last else centred_window(lo, hi, crop, n))
     return tuple(out)
 
+# %% ../nbs/21_rescunet.ipynb #41b4cb29
 def write_rescunet_samples(video, # (T,H,W) or (T,C,H,W) frames
                            labels, # (T,H,W) instance labels with ids consistent over time (see `link_labels`)
                            dest, # folder to write the sample folders into
@@ -126,18 +129,22 @@ def _only_file(folder:Path) -> Path:
     if len(fns)!=1: raise MissingFileError(folder, f'{len(fns)} files {[p.name for p in fns[:4]]}', 'exactly one image file', fix)
     return fns[0]
 
+# %% ../nbs/21_rescunet.ipynb #9ddb4e63
 def image_file(sample) -> Path:
     "The image file of a sample folder."
     return _only_file(Path(sample)/'image')
 
+# %% ../nbs/21_rescunet.ipynb #cc4107de
 def mask_file(sample) -> Path:
     "The current-frame mask file of a sample folder."
     return _only_file(Path(sample)/'mask')
 
+# %% ../nbs/21_rescunet.ipynb #adc5b60f
 def prev_mask_file(sample) -> Path:
     "The previous-frame mask file of a sample folder."
     return _only_file(Path(sample)/'prev_mask')
 
+# %% ../nbs/21_rescunet.ipynb #e8f86730
 def binary_mask(m, # mask array or tensor: 0 is background, one other value is the object
                 source='mask', # the file or array, for error messages
                ) -> np.ndarray:
@@ -149,12 +156,14 @@ def binary_mask(m, # mask array or tensor: 0 is background, one other value is t
                               'save one object per mask, e.g. (labels == k).astype(np.uint8); threshold probabilities first')
     return (m!=0).astype(np.uint8)
 
+# %% ../nbs/21_rescunet.ipynb #7ad313b6
 def read_binary_mask(fn) -> np.ndarray:
     "The binary (H,W) mask in file `fn`, as 0/1 uint8."
     m = read_mask(fn)
     if m.ndim!=2: raise ShapeError(fn, f'a mask of shape {m.shape}', 'one (H,W) mask', 'save one frame per mask file')
     return binary_mask(m, fn)
 
+# %% ../nbs/21_rescunet.ipynb #f7e731ed
 def _check_sample(s:Path) -> tuple[int, int]:
     "The (H,W) size of sample folder `s`; a `BioDataError` naming `s` if its files do not make a sample."
     img, mask, prev = read_image(image_file(s)), read_binary_mask(mask_file(s)), read_binary_mask(prev_mask_file(s))
@@ -164,6 +173,7 @@ def _check_sample(s:Path) -> tuple[int, int]:
                                             'draw the object, or remove the sample folder')
     return mask.shape
 
+# %% ../nbs/21_rescunet.ipynb #3f5cceb2
 def rescunet_items(root, # folder of sample folders, each holding image/, mask/ and prev_mask/
                    check:bool=True, # read every sample and check its files
                   ) -> list[Path]:
@@ -181,21 +191,26 @@ def rescunet_items(root, # folder of sample folders, each holding image/, mask/ 
 class TensorPrevMask(TensorMask):
     "The (H,W) mask of the object in the previous frame: an input of the model."
 
+# %% ../nbs/21_rescunet.ipynb #68e1eb1a
 def _create_mask(fn, cls=TensorMask): return cls(torch.from_numpy(read_binary_mask(fn).astype(np.int64)))
 
+# %% ../nbs/21_rescunet.ipynb #71587e9e
 def BinaryMaskBlock(cls=TensorMask # `TensorMask` for the target, `TensorPrevMask` for the input
                    ) -> TransformBlock:
     "A `TransformBlock` for binary mask files, read as 0/1 `cls` tensors."
     return TransformBlock(type_tfms=partial(_create_mask, cls=cls))
 
+# %% ../nbs/21_rescunet.ipynb #66fde3a9
 def _size2(size) -> tuple[int, int]: return (int(size), int(size)) if np.ndim(size)==0 else tuple(int(s) for s in size)
 
+# %% ../nbs/21_rescunet.ipynb #ccd4e2e2
 def resize_mask(m:torch.Tensor, # (B,C,h,w) binary masks
                 size, # (H, W), or one int for both
                ) -> torch.Tensor: # (B,C,H,W) 0/1 float
     "Resize binary masks by area-weighted (antialiased bilinear) interpolation and a threshold at 0.5, so they stay centred."
     return (F.interpolate(m.float(), _size2(size), mode='bilinear', antialias=True)>0.5).float()
 
+# %% ../nbs/21_rescunet.ipynb #cb645e40
 class ResizeTo(Transform):
     "Resize images (bilinear, antialiased) and masks (`resize_mask`) to `size`, as the seed rescaled samples to the network input size."
     order = 5
@@ -206,6 +221,7 @@ class ResizeTo(Transform):
     def encodes(self, x:TensorMask):
         return type(x)(resize_mask(x.as_subclass(torch.Tensor)[None, None], self.size)[0, 0].long())
 
+# %% ../nbs/21_rescunet.ipynb #06f454e4
 class AddEdgeWeights(ItemTransform):
     "Append the U-Net edge weight map of each (augmented) target mask to a batch (image, prev_mask, mask)."
     order = 100  # after the augmentations, so the weights follow the mask
@@ -217,6 +233,7 @@ class AddEdgeWeights(ItemTransform):
         return (*b, TensorWeights(torch.from_numpy(w).to(b[2].device)))
     def decodes(self, b): return b[:3] if len(b)==4 else b   # shown batches hold (image, prev_mask, mask), like the dataset
 
+# %% ../nbs/21_rescunet.ipynb #ebc0439a
 @delegates(MultiChannelBlock, but=['loading_codes', 'seed'])
 def rescunet_block(loading_codes:list=(0,), # loading codes of the image channels (see `MultiChannelBlock`)
                    size=None, # network input size (int or (h, w)) the samples are resized to; None keeps their size
@@ -234,6 +251,7 @@ def rescunet_block(loading_codes:list=(0,), # loading codes of the image channel
                      item_tfms=None if size is None else ResizeTo(size),
                      batch_tfms=[*([Dihedral(p=1.)] if augment else []), AddEdgeWeights(w0, sigma)])
 
+# %% ../nbs/21_rescunet.ipynb #321444dc
 @delegates(rescunet_block, but=['loading_codes', 'size', 'augment', 'valid_pct', 'seed'])
 def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
                  size=None, # network input size (int or (h, w)); None: the samples' own size, which must then be one
@@ -260,6 +278,7 @@ def conv_block(ni:int, nf:int) -> nn.Sequential:
     "Two 3x3 conv-BatchNorm-ReLU layers: the U-Net's unit."
     return nn.Sequential(ConvLayer(ni, nf), ConvLayer(nf, nf))
 
+# %% ../nbs/21_rescunet.ipynb #2a0160f8
 def plain_stages(n_in:int, # input channels
                  width:int=64, # filters of the first stage (the seed: 64, so 64 ... 1024)
                  depth:int=5, # stages; each after the first halves the resolution
@@ -268,6 +287,7 @@ def plain_stages(n_in:int, # input channels
     return nn.ModuleList([conv_block(n_in, width)] +
                          [nn.Sequential(nn.MaxPool2d(2), conv_block(width*2**(i-1), width*2**i)) for i in range(1, depth)])
 
+# %% ../nbs/21_rescunet.ipynb #6ee0d6b7
 def resnet_stages(n_in:int, # input channels
                   arch=resnet34, # a torchvision ResNet constructor
                   pretrained:bool=True, # load ImageNet weights
@@ -277,6 +297,7 @@ def resnet_stages(n_in:int, # input channels
     if n_in!=3: _update_first_layer(r, n_in, pretrained)   # fastai's rule, as in `unet_learner` (cellseg)
     return nn.ModuleList([nn.Sequential(r.conv1, r.bn1, r.relu), nn.Sequential(r.maxpool, r.layer1), r.layer2, r.layer3, r.layer4])
 
+# %% ../nbs/21_rescunet.ipynb #c7047d0b
 def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
                  n_in:int, # input channels
                  size:int=64, # side of the square test input
@@ -287,6 +308,7 @@ def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
         for s in stages: x = s(x); out.append((x.shape[1], size//x.shape[-1]))
     return out
 
+# %% ../nbs/21_rescunet.ipynb #3d5b8840
 def mask_stages(shapes:list # (channels, stride) of the image encoder's stages to follow
                ) -> nn.ModuleList:
     "Conv blocks for the previous mask that follow the channels and strides of an encoder's stages (max-pooling between)."
@@ -297,6 +319,7 @@ def mask_stages(shapes:list # (channels, stride) of the image encoder's stages t
         ni, stride_in = c, stride
     return nn.ModuleList(out)
 
+# %% ../nbs/21_rescunet.ipynb #75379651
 def identity_merge(c:int) -> nn.Conv2d:
     "A 1x1 conv from 2`c` to `c` channels that starts by passing the first `c` (the image features) through unchanged."
     conv = nn.Conv2d(2*c, c, 1)
@@ -304,6 +327,7 @@ def identity_merge(c:int) -> nn.Conv2d:
         conv.weight.zero_(); conv.weight[:, :c, 0, 0] = torch.eye(c); conv.bias.zero_()
     return conv
 
+# %% ../nbs/21_rescunet.ipynb #7d59ba03
 class UpBlock(nn.Module):
     "Upsample by 2 (ICNR pixel shuffle), concatenate the skip connection, then a conv block."
     def __init__(self, c_up:int, c_skip:int): # channels of the input and of the skip connection
@@ -312,13 +336,15 @@ class UpBlock(nn.Module):
         self.conv = conv_block(c_up//2 + c_skip, c_skip)
     def forward(self, x, skip): return self.conv(torch.cat([self.shuf(x), skip], 1))
 
+# %% ../nbs/21_rescunet.ipynb #256c54ff
 def _check_size(size, multiple:int, encoder:str):
     "A `ShapeError` unless both sides of `size` are multiples of `multiple`."
     if any(s%multiple for s in size):
-        fixed = tuple(-(-s//multiple)*multiple for s in size)
+        fixed = tuple(round_up(s, multiple) for s in size)
         raise ShapeError('network input', f'size {tuple(size)}', f'height and width divisible by {multiple} for the {encoder} encoder',
                          f'resize the samples to a multiple of {multiple}, e.g. rescunet_dls(..., size={fixed}), or crop them to it')
 
+# %% ../nbs/21_rescunet.ipynb #bc4825e4
 class ReSCUNet(nn.Module):
     "U-Net fed an image and the previous-frame mask of one object, encoded separately for `concat_level` stages."
     def __init__(self,
@@ -372,6 +398,7 @@ def rescunet_splitter(model:ReSCUNet) -> list:
     "Parameter groups: the image encoder, then the rest (so a pretrained encoder can be frozen)."
     return [params(model.image_stages), [p for n, p in model.named_parameters() if not n.startswith('image_stages.')]]
 
+# %% ../nbs/21_rescunet.ipynb #c803b753
 @delegates(Learner, but=['dls', 'model', 'loss_func', 'metrics', 'splitter'])
 def rescunet_learner(dls, # `DataLoaders` from `rescunet_dls`
                      concat_level:int=1, # stages that encode image and previous mask separately (0-4)
@@ -431,6 +458,7 @@ def show_batch(x:Tuple[TensorMultiChannel, TensorPrevMask], y, samples, ctxs=Non
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize, title='previous mask (cyan), mask (yellow)')
     return [show_image(outline_overlay(s[0], s[1:3], [PREV_COLOR, MASK_COLOR]), ctx=c, **kwargs) for s, c, _ in zip(samples, ctxs, range(max_n))]
 
+# %% ../nbs/21_rescunet.ipynb #99a90984
 @dispatch
 def show_results(x:Tuple[TensorMultiChannel, TensorPrevMask], y, samples, outs, ctxs=None, max_n=6, nrows=None, ncols=None, figsize=None, **kwargs):
     n = min(len(samples), max_n)
@@ -449,10 +477,12 @@ class SubimageModel(nn.Module):
         out = self.model(F.interpolate(img, self.size, mode='bilinear', antialias=True), resize_mask(m, self.size))
         return F.interpolate(out, hw, mode='bilinear')
 
+# %% ../nbs/21_rescunet.ipynb #ae460337
 def _window(box:tuple, shape:tuple, sub:int, margin:int) -> tuple[slice, slice]:
     "The region around `box` (y0, y1, x0, x1) grown by `margin`, at least `sub` big, centred and shifted inside `shape`."
     return tuple(centred_window(lo, hi, max(sub, hi-lo+2*margin), n) for lo, hi, n in ((box[0], box[1], shape[0]), (box[2], box[3], shape[1])))
 
+# %% ../nbs/21_rescunet.ipynb #d2cbbb22
 def keep_best_component(mask:np.ndarray, # (H,W) bool mask
                         prev:np.ndarray, # (H,W) bool mask to overlap
                        ) -> np.ndarray:
@@ -462,12 +492,14 @@ def keep_best_component(mask:np.ndarray, # (H,W) bool mask
     overlap, area = np.bincount(lab[prev], minlength=n+1)[1:], np.bincount(lab.ravel(), minlength=n+1)[1:]
     return lab==1+np.lexsort((area, overlap))[-1]
 
+# %% ../nbs/21_rescunet.ipynb #cdcc6a1f
 def _check_mask(mask:np.ndarray, shape:tuple, what:str):
     if mask.shape!=tuple(shape):
         raise ShapeError(what, f'a mask of size {mask.shape} for frames of size {tuple(shape)}', 'a mask the size of the frame',
                          'pass the mask drawn on this video (same height and width)')
     if not mask.any(): raise EmptyDataError(what, 'an empty mask', 'the object to follow', 'draw the object in the mask')
 
+# %% ../nbs/21_rescunet.ipynb #9ee0a463
 def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
                      image, # (H,W) or (C,H,W) frame, raw intensities (normalised here like the training samples)
                      prev_mask, # (H,W) binary mask of the object in the previous frame
@@ -508,6 +540,7 @@ def _start_labels(first, shape:tuple, what:str) -> np.ndarray:
     _check_mask(f, shape, what)
     return f
 
+# %% ../nbs/21_rescunet.ipynb #2eb3f77d
 def _propagate(learn:Learner, video, first, start:int, labels, progress:bool, what:str, **kwargs) -> np.ndarray:
     "The labels of `first` (named `what` in errors) followed from frame `start` to the end of `video`."
     v = _frames(video)
@@ -535,6 +568,7 @@ def _propagate(learn:Learner, video, first, start:int, labels, progress:bool, wh
     if lost: warnings.warn(f'objects {lost} were lost before the last frame: correct their masks where they vanish and propagate again from there')
     return out
 
+# %% ../nbs/21_rescunet.ipynb #07460c40
 @delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def propagate_labels(learn:Learner, # a trained ReSCU-Net learner
                      video, # (T,H,W) or (T,C,H,W) frames
@@ -547,6 +581,7 @@ def propagate_labels(learn:Learner, # a trained ReSCU-Net learner
     "Follow every object of `first_labels` from frame `start` to the end of `video`; contested pixels go to the most probable object."
     return _propagate(learn, video, first_labels, start, labels, progress, 'first_labels', **kwargs)
 
+# %% ../nbs/21_rescunet.ipynb #4e234d13
 @delegates(rescunet_predict, but=['learn', 'image', 'prev_mask', 'return_probs'])
 def propagate(learn:Learner, # a trained ReSCU-Net learner
               video, # (T,H,W) or (T,C,H,W) frames
@@ -567,6 +602,7 @@ def _overlays(video, masks, truth=None) -> list:
     ms, cs = ([masks], [PRED_COLOR]) if truth is None else ([truth, masks], [MASK_COLOR, PRED_COLOR])
     return [outline_overlay(f, [m[t] for m in ms], cs) for t, f in enumerate(v)]
 
+# %% ../nbs/21_rescunet.ipynb #99cc92e5
 def show_propagation(video, # (T,H,W) or (T,C,H,W) frames
                      masks, # (T,H,W) propagated masks or labels
                      truth=None, # (T,H,W) true masks or labels
@@ -584,6 +620,7 @@ def show_propagation(video, # (T,H,W) or (T,C,H,W) frames
     for ax, t, pic in zip(axs.flat, frames, pics): ax.imshow(pic); ax.set_title(f'frame {t}')
     return fig
 
+# %% ../nbs/21_rescunet.ipynb #933c4ace
 def save_propagation_gif(video, # (T,H,W) or (T,C,H,W) frames
                          masks, # (T,H,W) propagated masks or labels
                          fn, # the .gif file to write
@@ -638,6 +675,7 @@ def _sample_scores(learn:Learner, **kwargs) -> pd.DataFrame:
         rows.append(dict(sample=Path(s).name, step_iou=iou(pred, truth), copy_step_iou=iou(prev, truth)))
     return pd.DataFrame(rows)
 
+# %% ../nbs/21_rescunet.ipynb #efc92614
 def _track_scores(learn:Learner, name:str, v:np.ndarray, labels:np.ndarray, one_step:bool, **kwargs) -> list[dict]:
     "Per object and frame: IoU of the propagation and of the first mask copied; with `one_step`, of one step and of the previous mask."
     if labels.shape!=(len(v), *v.shape[2:]):

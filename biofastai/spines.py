@@ -30,10 +30,10 @@ from .io import read_image, read_mask, normalize_percentile, image_files
 from .metrics import count_error, match_spots
 
 # %% auto #0
-__all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spine_points', 'spines_items', 'read_spines', 'spine_patches',
+__all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spines_points', 'spines_items', 'read_spines', 'spines_patches',
            'spines_dls', 'show_batch', 'show_results', 'SpineCNN', 'spines_learner', 'DenseMaxPool', 'SpineScanner',
-           'scanner_from', 'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'spines_predict', 'count_spines',
-           'show_spines', 'spines_predict_folder', 'log_spines', 'tune_log', 'spines_train', 'spines_evaluate']
+           'scanner_from', 'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'spines_predict', 'show_spines',
+           'spines_predict_folder', 'log_spines', 'tune_log', 'spines_train', 'spines_evaluate']
 
 # %% ../nbs/24_spines.ipynb #15b76c58
 def _table_points(df:pd.DataFrame, source) -> np.ndarray:
@@ -42,13 +42,15 @@ def _table_points(df:pd.DataFrame, source) -> np.ndarray:
                          "rename the coordinate columns to y and x (Fiji's point tool writes Y and X: lower-case them)")
     return df[['y','x']].to_numpy(np.float64)
 
+# %% ../nbs/24_spines.ipynb #4fd0c720
 def _mask_points(mask:np.ndarray) -> np.ndarray:
     "Centroids of the labels of `mask`; a binary mask (point image) is split into connected components first."
     labels = ndi.label(mask>0)[0] if mask.max()<=1 else mask.astype(np.int64)
     ids = np.unique(labels[labels>0])
     return np.array(ndi.center_of_mass(np.ones_like(labels), labels, ids), np.float64).reshape(-1, 2)
 
-def spine_points(ann, # DataFrame or CSV with columns y, x; (N,2) array; point image or label mask (H,W); or such a file
+# %% ../nbs/24_spines.ipynb #5937235e
+def spines_points(ann, # DataFrame or CSV with columns y, x; (N,2) array; point image or label mask (H,W); or such a file
                  shape:tuple, # (H,W) of the image the annotations belong to
                  source=None, # name used in error messages (default: the file, or 'spine annotations')
                 ) -> np.ndarray:
@@ -95,6 +97,7 @@ def spines_items(folder, # dataset folder
         rows.append(dict(image=fn, spines=ann))
     return pd.DataFrame(rows, columns=['image', 'spines'])
 
+# %% ../nbs/24_spines.ipynb #c1902911
 @delegates(spines_items)
 def read_spines(folder, # dataset folder
                 **kwargs
@@ -102,7 +105,7 @@ def read_spines(folder, # dataset folder
     "The images (C,H,W) in `folder/images` and their spine centres (N,2) from `folder/spines`."
     imgs, pts = [], []
     for fn, ann in spines_items(folder, **kwargs).itertuples(index=False):
-        imgs.append(read_image(fn)); pts.append(spine_points(ann, imgs[-1].shape))
+        imgs.append(read_image(fn)); pts.append(spines_points(ann, imgs[-1].shape))
     return imgs, pts
 
 # %% ../nbs/24_spines.ipynb #cfda4e24
@@ -116,6 +119,7 @@ def _finite_chw(image, source) -> np.ndarray:
                               'replace them before counting, e.g. np.nan_to_num(image) or by the median of their neighbours')
     return x
 
+# %% ../nbs/24_spines.ipynb #f1318282
 def _padded(image, patch_size:int, source='image') -> np.ndarray:
     "`image` as normalised (C,H+P,W+P) float32, reflect-padded by P//2 before and P-P//2 after along H and W."
     x = _finite_chw(image, source)
@@ -125,6 +129,7 @@ def _padded(image, patch_size:int, source='image') -> np.ndarray:
     p = patch_size//2
     return np.pad(normalize_percentile(x), ((0,0), (p, patch_size-p), (p, patch_size-p)), mode='reflect')
 
+# %% ../nbs/24_spines.ipynb #b23b154e
 def _crop(padded:np.ndarray, ys, xs, patch_size:int) -> np.ndarray:
     "Patches (N,C,P,P) centred at pixels (ys, xs) of the image padded by `_padded`."
     win = np.lib.stride_tricks.sliding_window_view(padded, (patch_size, patch_size), axis=(1, 2))
@@ -141,6 +146,7 @@ def _positives(padded, pts, patch_size, jitter) -> np.ndarray:
     p = _crop(padded, yx[:,0], yx[:,1], patch_size)
     return np.concatenate([np.rot90(p, k, axes=(2, 3)) for k in range(4)])
 
+# %% ../nbs/24_spines.ipynb #87bffa5b
 def _negatives(padded, pts, n, patch_size, min_dist, near, min_mean, pass_through, rng) -> np.ndarray:
     h, w = padded.shape[1]-patch_size, padded.shape[2]-patch_size
     tree, found = cKDTree(pts) if len(pts) else None, [np.zeros((0, len(padded), patch_size, patch_size), np.float32)]
@@ -157,8 +163,9 @@ def _negatives(padded, pts, n, patch_size, min_dist, near, min_mean, pass_throug
         found.append(p[(p.mean((1, 2, 3)) >= min_mean) | (rng.random(len(p)) < pass_through)])
     return np.concatenate(found)[:n]
 
-def spine_patches(images:list, # images (C,H,W) or (H,W), raw intensities
-                  points:list, # spine centres per image: anything `spine_points` reads
+# %% ../nbs/24_spines.ipynb #a21c560a
+def spines_patches(images:list, # images (C,H,W) or (H,W), raw intensities
+                  points:list, # spine centres per image: anything `spines_points` reads
                   patch_size:int=40, # height and width of a patch
                   jitter:int=1, # positives are also centred on pixels up to this far (in y and x) from a centre
                   min_dist:float=3., # negatives are centred farther than this from every spine centre
@@ -175,7 +182,7 @@ def spine_patches(images:list, # images (C,H,W) or (H,W), raw intensities
         i = next(i for i,p in enumerate(pads) if len(p)!=len(pads[0]))
         raise ShapeError(f'image {i}', f'{len(pads[i])} channel(s), where image 0 has {len(pads[0])}', 'the same channels in every image',
                          'pass images with the same channels (e.g. all (H,W), or all (C,H,W) with one C)')
-    pts = [spine_points(p, (pad.shape[1]-patch_size, pad.shape[2]-patch_size), f'spine annotations of image {i}')
+    pts = [spines_points(p, (pad.shape[1]-patch_size, pad.shape[2]-patch_size), f'spine annotations of image {i}')
            for i,(pad,p) in enumerate(zip(pads, points))]
     n_spines = sum(map(len, pts))
     if n_spines==0:
@@ -198,9 +205,10 @@ def _patch_items(source:tuple) -> list:
     x, y = source
     return [(p, SPINE_CLASSES[c]) for p,c in zip(x, y)]
 
-@delegates(spine_patches, but=['images', 'points', 'seed'])
+# %% ../nbs/24_spines.ipynb #e1b525cb
+@delegates(spines_patches, but=['images', 'points', 'seed'])
 def spines_dls(images:list, # images (C,H,W) or (H,W), raw intensities
-               points:list, # spine centres per image: anything `spine_points` reads
+               points:list, # spine centres per image: anything `spines_points` reads
                valid_pct:float=0.2, # fraction of the images held out for validation
                valid_images:list|None=None, # indices of the images to hold out (default: drawn with `seed`)
                bs:int=64, # batch size
@@ -209,7 +217,7 @@ def spines_dls(images:list, # images (C,H,W) or (H,W), raw intensities
               ):
     "`DataLoaders` of spine/background patches from annotated images; `dls.valid_images` are the held-out images."
     rng = as_rng(seed)
-    x, y, idx = spine_patches(images, points, seed=rng, **kwargs)
+    x, y, idx = spines_patches(images, points, seed=rng, **kwargs)
     if len(images)==1: valid_images, valid = [], np.flatnonzero(rng.random(len(idx)) < valid_pct)
     else:
         if valid_images is None: valid_images = rng.choice(len(images), max(1, round(valid_pct*len(images))), replace=False)
@@ -228,6 +236,7 @@ def show_batch(x:TensorMultiChannel, y:TensorCategory, samples, ctxs=None, max_n
     for i in range(2): ctxs = [b.show(ctx=c, **kwargs) for b,c,_ in zip(samples.itemgot(i), ctxs, range(max_n))]
     return ctxs
 
+# %% ../nbs/24_spines.ipynb #98f45818
 @dispatch
 def show_results(x:TensorMultiChannel, y:TensorCategory, samples, outs, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
@@ -287,6 +296,7 @@ def _copy_weights(new:nn.Module, old:nn.Module) -> nn.Module:
     with torch.no_grad(): new.weight.copy_(old.weight.reshape(new.weight.shape)); new.bias.copy_(old.bias)
     return new
 
+# %% ../nbs/24_spines.ipynb #1415b99f
 class SpineScanner(nn.Module):
     "A fully convolutional copy of a `SpineCNN`: its logits for the patch at every position, in one pass."
     def __init__(self, model:SpineCNN):
@@ -311,6 +321,7 @@ class SpineScanner(nn.Module):
         x = self.body(x.contiguous(memory_format=torch.channels_last))
         return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+# %% ../nbs/24_spines.ipynb #8a4a8841
 def scanner_from(model:Learner|SpineCNN # a trained spine `Learner` or its `SpineCNN`
                 ) -> SpineScanner:
     "The `SpineScanner` with `model`'s weights, on its device, in eval mode."
@@ -321,6 +332,7 @@ def scanner_from(model:Learner|SpineCNN # a trained spine `Learner` or its `Spin
 def _check_channels(x:np.ndarray, n_in:int):
     if len(x)!=n_in: raise ShapeError('image', f'{len(x)} channels', f'{n_in}, as the model was trained on', 'pass images with the channels used for training')
 
+# %% ../nbs/24_spines.ipynb #27d7b190
 def scan(model:Learner|SpineCNN|SpineScanner, # a trained spine `Learner`, its `SpineCNN`, or a `SpineScanner`
          image, # (C,H,W) or (H,W) image, raw intensities, at least a patch in size
          tile_size:int=128, # height and width of the output tiles computed in one pass (small tiles stay in the CPU cache)
@@ -340,6 +352,7 @@ def scan(model:Learner|SpineCNN|SpineScanner, # a trained spine `Learner`, its `
             out[y0:y0+th, x0:x0+tw] = sc(t).softmax(1)[0, 1].cpu().numpy()
     return out
 
+# %% ../nbs/24_spines.ipynb #69b94cf7
 def scan_patchwise(model:Learner|SpineCNN, # a trained spine `Learner` or its `SpineCNN`
                    image, # (C,H,W) or (H,W) image, raw intensities, at least a patch in size
                    batch_size:int=256, # patches per forward pass
@@ -384,9 +397,10 @@ class SpineCounter:
 # %% ../nbs/24_spines.ipynb #6eec6a04
 def _truth_counts(truth:list) -> tuple[list[int], list|None]:
     if all(np.ndim(t)==0 for t in truth): return [int(t) for t in truth], None
-    pts = [spine_points(t, (np.inf, np.inf), 'true spines') for t in truth]
+    pts = [spines_points(t, (np.inf, np.inf), 'true spines') for t in truth]
     return [len(p) for p in pts], pts
 
+# %% ../nbs/24_spines.ipynb #c2c1f47c
 def tune_counter(prob_maps:list, # probability maps (H,W), e.g. `scan` of the validation images
                  truth:list, # per map, the annotated spine count, or the spine centres (then ties are broken by spot F1)
                  thresholds=(0.5, 0.7, 0.9, 0.98, 0.995), # thresholds tried
@@ -415,6 +429,7 @@ def _counter(learn, counter:SpineCounter|None) -> SpineCounter:
     "`counter`, else the one `spines_train` tuned (`learn.counter`), else `SpineCounter()`."
     return counter or getattr(learn, 'counter', None) or SpineCounter()
 
+# %% ../nbs/24_spines.ipynb #e0504c49
 def spines_predict(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
                    image, # (C,H,W) or (H,W) image, raw intensities
                    counter:SpineCounter|None=None, # from `tune_counter`; None: `learn.counter` (set by `spines_train`), else `SpineCounter()`
@@ -423,18 +438,10 @@ def spines_predict(learn:Learner|SpineCNN|SpineScanner, # a trained spine learne
     "The spines of `image`, one row each: centre y, x, size in pixels, mean probability."
     return _counter(learn, counter)(scan(learn, image, tile_size))
 
-def count_spines(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
-                 image, # (C,H,W) or (H,W) image, raw intensities
-                 counter:SpineCounter|None=None, # as for `spines_predict`
-                 tile_size:int=128, # tile size for `scan`
-                ) -> tuple[int, pd.DataFrame]:
-    "Number of spines in `image` and their table, from `spines_predict`."
-    spines = spines_predict(learn, image, counter, tile_size)
-    return len(spines), spines
-
+# %% ../nbs/24_spines.ipynb #a9e50ce1
 def show_spines(image, # (C,H,W) or (H,W) image
                 spines:pd.DataFrame, # predicted spines with y, x, size (as from `spines_predict`)
-                truth=None, # true centres: anything `spine_points` reads
+                truth=None, # true centres: anything `spines_points` reads
                 ax=None, # matplotlib axes to draw into
                 figsize=(6, 6), # figure size when `ax` is None
                 title:str|None=None, # title (default: the counts)
@@ -447,11 +454,12 @@ def show_spines(image, # (C,H,W) or (H,W) image
     for (y0, x0), ri in zip(spines[['y', 'x']].to_numpy(), r): ax.add_patch(plt.Circle((x0, y0), ri+1, fill=False, color='magenta', lw=1))
     default = f'{len(spines)} spines'
     if truth is not None:
-        t = spine_points(truth, x.shape)
+        t = spines_points(truth, x.shape)
         ax.plot(t[:, 1], t[:, 0], '+', color='lime', ms=6, mew=1); default += f' (annotated: {len(t)})'
     ax.set_title(title or default)
     return ax
 
+# %% ../nbs/24_spines.ipynb #581ec168
 def spines_predict_folder(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
                           folder, # folder of images
                           dest, # folder for the CSV files (created)
@@ -489,6 +497,7 @@ def log_spines(image, # (C,H,W) or (H,W) image, raw intensities (channels are av
     b = blob_log(x, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=num_sigma, threshold=threshold).reshape(-1, 3)
     return pd.DataFrame(dict(y=b[:, 0], x=b[:, 1], radius=b[:, 2]*np.sqrt(2)))
 
+# %% ../nbs/24_spines.ipynb #73959b42
 @delegates(log_spines, but=['image', 'threshold'])
 def tune_log(images:list, # training images
              true_counts, # annotated spine count per image
@@ -505,6 +514,7 @@ def _spines_source(source) -> tuple[list, list]:
     "Images and spine centres from a dataset folder, or a pair (images, points) as is."
     return read_spines(source) if isinstance(source, (str, Path)) else source
 
+# %% ../nbs/24_spines.ipynb #b6e573c2
 @delegates(spines_dls, but=['images', 'points', 'valid_pct', 'bs', 'seed', 'patch_size'])
 def spines_train(experiment:dict, # name, epochs; optional lr, filters, fc, ps, patch_size
                  source, # dataset folder (see `spines_items`), or a pair (images, points)
@@ -540,7 +550,7 @@ def spines_evaluate(learn:Learner, # a trained spine learner (from `spines_train
                                            'pass source= a dataset of annotated images')
     thr, rows = log_threshold or getattr(learn, 'log_threshold', None), []
     for i, (im, p) in enumerate(zip(imgs, pts)):
-        p = spine_points(p, as_chw(im).shape, f'spine annotations of image {i}')
+        p = spines_points(p, as_chw(im).shape, f'spine annotations of image {i}')
         found, log = spines_predict(learn, im, counter), log_spines(im, **({} if thr is None else dict(threshold=thr)))
         rows.append(dict(image=i, n_true=len(p), count=len(found), count_error=count_error([len(found)], [len(p)])['relative'],
                          f1=match_spots(found[['y', 'x']].to_numpy(), p, radius)['f1'], log_count=len(log),

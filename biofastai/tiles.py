@@ -10,7 +10,7 @@ import math
 import numpy as np, torch
 from torch import nn
 from fastai.learner import Learner
-from .core import inference_model, as_chw, maybe_progress, ShapeError, ValueRangeError
+from .core import inference_model, as_chw, maybe_progress, round_up, ShapeError, ValueRangeError
 
 # %% auto #0
 __all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'seam_score']
@@ -43,12 +43,14 @@ def _edge_ramp(n:int, overlap:int, kind:str) -> torch.Tensor:
     w[:m] = 0; w[m:2*m] = ramp[:max(n-m, 0)]
     return w
 
+# %% ../nbs/05_tiles.ipynb #b8359bb4
 def _axis_window(n:int, overlap:int, kind:str, first_at_border:bool, last_at_border:bool) -> torch.Tensor:
     w = torch.ones(n, dtype=torch.float64)
     if not first_at_border: w = w*_edge_ramp(n, overlap, kind)
     if not last_at_border: w = w*_edge_ramp(n, overlap, kind).flip(0)
     return w
 
+# %% ../nbs/05_tiles.ipynb #525c90d3
 def blend_window(tile_shape:tuple[int,int], # (height, width) of a tile
                  overlap:int, # context plus blending band: `overlap//2` pixels of each at every inner edge
                  kind:str='cosine', # shape of the ramp: 'cosine' (smooth) or 'linear'
@@ -70,7 +72,8 @@ def _as_image(image) -> torch.Tensor:
         raise ValueRangeError('image', 'NaN or infinite values', 'finite intensities', 'replace them, e.g. with np.nan_to_num')
     return t
 
-def _padded_size(n:int, tile:int, multiple:int) -> int: return max(tile, -(-n//multiple)*multiple)
+# %% ../nbs/05_tiles.ipynb #e411091f
+def _padded_size(n:int, tile:int, multiple:int) -> int: return max(tile, round_up(n, multiple))
 
 # %% ../nbs/05_tiles.ipynb #caa7c51f
 def predict_tiled(model:Learner|nn.Module, # a fastai `Learner` or a torch module mapping (B,C,h,w) to (B,K,h,w)
@@ -86,7 +89,7 @@ def predict_tiled(model:Learner|nn.Module, # a fastai `Learner` or a torch modul
     "Predict `image` tile by tile and stitch the outputs with blending into a (K,H,W) float32 CPU tensor."
     if tile_size%multiple:
         raise ValueRangeError('predict_tiled', f'tile_size {tile_size}', f'a multiple of {multiple}',
-                              f'use tile_size={-(-tile_size//multiple)*multiple}')
+                              f'use tile_size={round_up(tile_size, multiple)}')
     img = _as_image(image)
     _,h,w = img.shape
     hp,wp = _padded_size(h, tile_size, multiple),_padded_size(w, tile_size, multiple)

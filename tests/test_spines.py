@@ -6,8 +6,8 @@ from biofastai.core import ShapeError, EmptyDataError, ValueRangeError, MissingF
 from biofastai.io import write_tiff
 from biofastai.synth import synth_dendrites, make_dendrite
 from biofastai.metrics import count_error
-from biofastai.spines import (read_spines, spines_dls, spines_learner, spine_patches, scan, scan_patchwise, tune_counter,
-                              count_spines, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
+from biofastai.spines import (read_spines, spines_dls, spines_learner, spines_patches, scan, scan_patchwise, tune_counter,
+                              spines_predict, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
 
 SEED = 0   # the recipe reached count errors 0.020-0.065 (LoG 0.21-0.52) with seeds 0-3 on the dependencies of 2026-12
 
@@ -30,7 +30,7 @@ def test_counts_beat_log_and_a_constant(trained):
     rng = np.random.default_rng(SEED+100)
     test = [make_dendrite(192, n_branches=int(rng.integers(1, 4)), seed=rng) for _ in range(8)]
     truth = [len(spines) for _, spines in test]
-    model = count_error([count_spines(trained['learn'], im, trained['counter'])[0] for im, _ in test], truth)['relative']
+    model = count_error([len(spines_predict(trained['learn'], im, trained['counter'])) for im, _ in test], truth)['relative']
     train_counts = [len(p) for p in trained['pts']]
     thr, _ = tune_log(trained['imgs'], train_counts)
     log = count_error([len(log_spines(im, thr)) for im, _ in test], truth)['relative']
@@ -55,7 +55,7 @@ def test_export_and_predict_folder(trained, tmp_path):
     assert list(counts.file) == ['dendrite_000.tif', 'dendrite_001.tif', 'dendrite_002.tif']
     assert pd.read_csv(tmp_path/'out'/'counts.csv').equals(counts)
     table = pd.read_csv(tmp_path/'out'/'dendrite_000.csv')
-    n, spines = count_spines(learn, im, trained['counter'])
+    spines = spines_predict(learn, im, trained['counter']); n = len(spines)
     assert list(table.columns) == SPINE_COLUMNS and len(table) == n == counts['count'][0]
     np.testing.assert_allclose(table[['y', 'x', 'size']].to_numpy(float), spines[['y', 'x', 'size']].to_numpy(float), atol=1e-6)
     assert (table['size'] >= 1).all() and table.prob.between(trained['counter'].threshold, 1).all()
@@ -77,7 +77,7 @@ def test_image_smaller_than_patch(dataset):
     with pytest.raises(ShapeError, match='image 1: found an image of 30x64 pixels, expected at least the patch size, 40x40'):
         spines_dls([imgs[0], imgs[1][:, :30]], [pts[0], pts[1][pts[1][:, 0] < 30]])
     with pytest.raises(ShapeError, match='image 0: found an image of 64x64 pixels, expected at least the patch size, 80x80'):
-        spine_patches(imgs, pts, patch_size=80)
+        spines_patches(imgs, pts, patch_size=80)
 
 def test_no_positive_patches(dataset):
     for fn in (dataset/'spines').glob('*.csv'): pd.DataFrame(columns=['y', 'x']).to_csv(fn, index=False)
@@ -95,6 +95,6 @@ def test_point_image_annotations(dataset):
     imgs, pts = read_spines(dataset)
     c = np.rint(pts[0]); c = c[np.lexsort((c[:, 1], c[:, 0]))]   # the order in which a point image is read: row by row
     pim = np.zeros(imgs[0].shape[1:], np.uint8); pim[tuple(c.astype(int).T)] = 1
-    x_csv, y_csv, _ = spine_patches(imgs[:1], [c], seed=0)
-    x_pim, y_pim, _ = spine_patches(imgs[:1], [pim], seed=0)
+    x_csv, y_csv, _ = spines_patches(imgs[:1], [c], seed=0)
+    x_pim, y_pim, _ = spines_patches(imgs[:1], [pim], seed=0)
     np.testing.assert_array_equal(x_csv, x_pim); np.testing.assert_array_equal(y_csv, y_pim)
