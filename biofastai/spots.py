@@ -165,7 +165,7 @@ def read_spot_series(source, # series folder (image.tif, optional labels.tif, sp
     return dict(name=source.stem if source.is_file() else source.name, source=source, image=image, labels=u8(labels),
                 spot_mask=u8(spot_mask), cell_mask=u8(cell), spots=spots)
 
-# %% ../nbs/22_spots.ipynb #4539bf53
+# %% ../nbs/22_spots.ipynb #bbf586c3
 def _series_sources(source) -> list[Path]:
     if isinstance(source, (list, tuple)): return [Path(s) for s in source]
     source = Path(source)
@@ -175,6 +175,11 @@ def _series_sources(source) -> list[Path]:
     if not found: raise MissingFileError(source, f'no {SERIES_FILES["image"]} and no .mat file below it', 'one folder (or .mat file) per nucleus series',
                                          'write each series in its own folder as image.tif (+ labels.tif or spots.csv), as synth_spots does')
     return found
+
+def _display_name(p:Path, source) -> str:
+    "The series' path below the `source` folder (unique even when sub-folders repeat names), else its name."
+    try: return p.relative_to(Path(source)).as_posix() if not isinstance(source, (list, tuple)) and p!=Path(source) else p.stem if p.is_file() else p.name
+    except ValueError: return p.name
 
 def spots_items(source, # a folder of series (found at any depth), one series, or a list of series folders/.mat files
                 annotated:bool=True, # require spot annotations (labels or a spot table), as training and evaluation do
@@ -186,7 +191,7 @@ def spots_items(source, # a folder of series (found at any depth), one series, o
         if annotated and s['labels'] is None:
             raise MissingFileError(p, 'an image without labels.tif or spots.csv', 'spot annotations for training or evaluation',
                                    'add labels.tif (binary, one frame per image frame) or spots.csv (frame, y, x)')
-        rows.append(dict(series=p, name=s['name'], n_frames=s['image'].shape[0], height=s['image'].shape[1], width=s['image'].shape[2],
+        rows.append(dict(series=p, name=_display_name(p, source), n_frames=s['image'].shape[0], height=s['image'].shape[1], width=s['image'].shape[2],
                          n_spots=None if s['spots'] is None else len(s['spots'])))
     return pd.DataFrame(rows)
 
@@ -592,7 +597,7 @@ def spots_predict(learn, # a trained spot learner (or `SpotNet`)
     if cell is not None: probs = probs*cell   # the loss never looked outside the cell
     return probs, link_spots(find_spots(probs, image, threshold, min_area), link_radius, max_gap)
 
-# %% ../nbs/22_spots.ipynb #eced71c9
+# %% ../nbs/22_spots.ipynb #2cc64871
 def spots_predict_folder(learn, # a trained spot learner
                          folder, # folder of series (or one series)
                          dest, # writes dest/probabilities/NAME.tif, dest/spots/NAME.csv and dest/bursts/NAME.csv
@@ -610,7 +615,7 @@ def spots_predict_folder(learn, # a trained spot learner
                          spots=dest/'spots'/f"{s['name']}.csv", n_spots=len(spots), n_bursts=spots.track.nunique()))
     return pd.DataFrame(rows)
 
-# %% ../nbs/22_spots.ipynb #18266efd
+# %% ../nbs/22_spots.ipynb #f11ac415
 def _log_candidates(x:np.ndarray, cell:np.ndarray, min_sigma:float=1., max_sigma:float=2., num_sigma:int=3, low:float=0.01) -> pd.DataFrame:
     "LoG blobs of every frame of a normalised (T,H,W) series inside `cell`, with their scale-normalised response."
     rows = []
@@ -635,7 +640,7 @@ def log_spots(series, # series folder, .mat file or dict from `read_spot_series`
     c = _log_candidates(x[:,0], cell, **kwargs)
     return c[c.response>=threshold].reset_index(drop=True)
 
-# %% ../nbs/22_spots.ipynb #b05aa6ac
+# %% ../nbs/22_spots.ipynb #ee0e35fb
 def _pairs(p:np.ndarray, t:np.ndarray, radius:float) -> tuple[np.ndarray, np.ndarray]:
     d = cdist(p, t) if len(p) and len(t) else np.zeros((len(p), len(t)))
     return _assign(d<=radius, np.clip(1-d/radius, 0, 1))
@@ -660,7 +665,7 @@ def score_spots(pred:pd.DataFrame, # predicted spots: frame, y, x
     return res | dict(tail_f1=_f1(tail_tp, fp, n_tail-tail_tp) if tail is not None else np.nan,
                       tail_recall=tail_tp/n_tail if n_tail else np.nan, n_tail=n_tail)
 
-# %% ../nbs/22_spots.ipynb #5e71f5b6
+# %% ../nbs/22_spots.ipynb #e01ac1a7
 def tune_log(series:list, # training series (paths or dicts from `read_spot_series`)
              normalize:tuple|None=(1., 99.8), # the normalisation of the model it is compared with
              thresholds=tuple(np.round(np.geomspace(0.01, 1., 40), 4)), # thresholds tried
@@ -723,7 +728,7 @@ def spots_evaluate(learn, # a trained spot learner
                          threshold=threshold, log_threshold=log_threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/22_spots.ipynb #8b0347b6
+# %% ../nbs/22_spots.ipynb #8501800e
 def spots_train(experiment:dict, # name, epochs; optional arch_path, backprop_length, conv_size, combiner_conv_size, layer_depth, lr, background_weight, spot_weight
                 source, # folder of series, or a DataFrame from `spots_items`
                 bs:int=4, # lanes per batch
