@@ -415,18 +415,25 @@ def rollout_error(learn:Learner, # a trained learner
            for f, d, r, p, l in zip(frames, samples, rows, pred, last) for k in range(steps)]
     return pd.DataFrame(res)[lambda d: [c for c in d.columns if 'ssim' not in c]]
 
-# %% ../nbs/23_nextframe.ipynb #a396b1ab
+# %% ../nbs/23_nextframe.ipynb #b3debbf1
 def _strip_axes(n:int, ncols:int, figsize=None):
     "A grid of `n` rows and `ncols` columns, the first twice as wide."
     fig, axs = plt.subplots(n, ncols, figsize=figsize or (3*ncols+3, 1.8*n), squeeze=False, gridspec_kw=dict(width_ratios=[3]+[1]*(ncols-1)))
     return axs
 
+def _show_frame(frame, ax, title:str, lim:tuple):
+    "One frame: grey on the intensity range `lim` for one channel (so target and prediction compare), else a composite."
+    f = np.asarray(frame.cpu())
+    if len(f)==1: show_image(f[0], ctx=ax, title=title, cmap='gray', vmin=lim[0], vmax=lim[1])
+    else: show_image(composite(f), ctx=ax, title=title)
+
 def _show_row(axs, x, target, pred=None, valid=None, max_frames:int=6):
     "Input strip, target frame, and optionally prediction and error map, on one row of axes."
     TensorSequence(x[-max_frames:].cpu()).show(ctx=axs[0], title='input frames')
-    show_image(composite(target), ctx=axs[1], title='target')
+    lim = float(target.min()), float(target.max())
+    _show_frame(target, axs[1], 'target', lim)
     if pred is None: return
-    show_image(composite(pred), ctx=axs[2], title='prediction')
+    _show_frame(pred, axs[2], 'prediction', lim)
     err = np.asarray((pred-target).cpu()).mean(0)*(1 if valid is None else np.asarray(valid.cpu()))
     lim = float(np.abs(err).max()) or 1.
     axs[3].imshow(err, cmap='RdBu_r', vmin=-lim, vmax=lim); axs[3].set_title(f'error (max {lim:.2f})'); axs[3].axis('off')
@@ -467,7 +474,7 @@ def nextframe_train(experiment:dict, # name, epochs; optional lr, hidden, layers
     learn.fit_one_cycle(e['epochs'], e['lr'])
     return learn
 
-# %% ../nbs/23_nextframe.ipynb #8b1e5d40
+# %% ../nbs/23_nextframe.ipynb #1031bf6c
 def link_nuclei(labels:np.ndarray, # (T,H,W) per-frame instance labels, 0 = background (ids need not match over time)
                 min_iou:float=0.3, # least overlap (IoU) of an object with its successor
                ) -> pd.DataFrame: # one row per object and frame: track, frame, label, y, x (centroid)
