@@ -357,7 +357,7 @@ def _ssim(p:np.ndarray, t:np.ndarray, m:np.ndarray, data_range:float=1.) -> floa
     if not m.any(): return np.nan
     return float(np.mean([structural_similarity(a, b, data_range=data_range, full=True)[1][m] for a, b in zip(p, t)]))
 
-# %% ../nbs/23_nextframe.ipynb #fea5b0d8
+# %% ../nbs/23_nextframe.ipynb #e8af8257
 BASELINES = ('copy_last', 'mean_frame')
 
 def _scores(preds:dict, target:np.ndarray, valid:np.ndarray, outline:int) -> dict:
@@ -369,6 +369,8 @@ def _eval_samples(learn:Learner, source, axes:str|None) -> tuple[list, list]:
     "Normalised, padded samples to score and their names: the validation set, or the last window of each sequence of `source`."
     if source is None:
         dls = learn.dls
+        if not len(dls.valid_ds): raise EmptyDataError('learner', 'no validation samples (a learner from load_learner keeps none)', 'sequences to score',
+                                                       'pass source= with the sequences (folder, array or list) to evaluate on')
         rows = [dls.sample_rows[i] for i in dls.splits[1]] if hasattr(dls, 'sample_rows') else range(len(dls.valid_ds))
         names = [dls.items.name.iloc[r] for r in rows] if hasattr(dls, 'items') else [f'sample {i}' for i in rows]
         return list(dls.valid_ds.items), names

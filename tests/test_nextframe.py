@@ -71,6 +71,8 @@ def test_rollout_export_and_predict_folder(cells, trained, tmp_path):
     fn = nextframe_items(cells['test']).sequence[0]
     np.testing.assert_allclose(nextframe_predict(loaded, fn, steps=2), nextframe_predict(trained, fn, steps=2), atol=1e-5)
     out = nextframe_predict_folder(loaded, cells['test']/'sequences', tmp_path/'pred')
+    with pytest.raises(EmptyDataError, match='pass source='): nextframe_evaluate(loaded)
+    assert len(nextframe_evaluate(loaded, cells['test'])) == 48
     assert len(out) == 48 and read_stack(out.prediction[0]).shape == (1, 1, 32, 32)
 
 def _hela():
