@@ -20,7 +20,7 @@ interior RMSE of the best variant <= 0.7 x copy-last, and below the seed model's
 import argparse, sys, tempfile, time
 from functools import partial
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import pandas as pd, torch
 from biofastai.synth import synth_nextframe
 from fastai.torch_core import defaults
 from fastai.callback.progress import ProgressCallback

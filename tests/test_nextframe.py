@@ -1,9 +1,8 @@
 "Next-frame prediction: per-sample loss, length-free normalisation, a trained model beating both baselines on the cell interior, real HeLa nuclei, bad input."
 import importlib.util
 from pathlib import Path
-import numpy as np, pandas as pd, pytest, torch, tifffile
-from fastai.torch_core import set_seed, defaults
-from fastai.callback.progress import ProgressCallback
+import numpy as np, pytest, torch, tifffile
+from fastai.torch_core import set_seed
 from fastai.learner import load_learner
 from biofastai.core import ShapeError, ValueRangeError, EmptyDataError
 from biofastai.io import read_stack, read_mask
