@@ -82,8 +82,9 @@ def test_compare_and_evaluate(wf, tmp_path):
     res = compare_models(exps, partial(getattr(m, f'{wf}_train'), source=source, **kw), evaluate, tmp_path/'models', verbose=False)
     assert list(res.status) == ['trained']*2, res.error.tolist()
     ev = tables[0]
-    prefix = ev.attrs.get('baseline')
-    assert prefix, f"{wf}_evaluate: no df.attrs['baseline'] naming the baseline's column prefix"
-    paired = [c for c in ev.columns if f'{prefix}_{c}' in ev.columns and pd.api.types.is_numeric_dtype(ev[c])]
-    assert paired, f'{wf}_evaluate: no metric with a {prefix}_ baseline column in {list(ev.columns)}'
-    assert all(c in res.columns and f'{prefix}_{c}' in res.columns for c in paired)   # both in the comparison table, with intervals
+    prefixes = ev.attrs.get('baseline')
+    assert prefixes, f"{wf}_evaluate: no df.attrs['baseline'] naming the baseline's column prefix (or a tuple of them)"
+    for prefix in [prefixes] if isinstance(prefixes, str) else prefixes:
+        paired = [c for c in ev.columns if f'{prefix}_{c}' in ev.columns and pd.api.types.is_numeric_dtype(ev[c])]
+        assert paired, f'{wf}_evaluate: no metric column m with a baseline column {prefix}_m in {list(ev.columns)}'
+        assert all(c in res.columns and f'{prefix}_{c}' in res.columns for c in paired)   # both in the comparison table, with intervals
