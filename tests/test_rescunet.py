@@ -68,10 +68,10 @@ def test_bad_input(tiny, tmp_path):
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory):
-    "A small ReSCU-Net trained briefly on crops from 2 synthetic videos."
+    "A small ReSCU-Net trained briefly on crops from 3 synthetic videos."
     tmp = tmp_path_factory.mktemp('synthetic')
     rng = np.random.default_rng(0)
-    for i in range(2):
+    for i in range(3):   # 2 videos: IoU 0.72 with seed 1; 3 videos: 0.96-0.97 with seeds 0, 1, 2
         video, labels = make_video(seed=rng)
         write_rescunet_samples(video, labels, tmp, f'v{i}', crop_size=64, seed=i)
     set_seed(0)
