@@ -37,6 +37,7 @@ def main():
     p.add_argument('--epochs', type=int, default=40)
     p.add_argument('--layer_depth', type=int, default=32)
     p.add_argument('--lr', type=float, default=1e-2)
+    p.add_argument('--spot_weight', type=float, default=5., help='loss weight of spot pixels')
     p.add_argument('--seed', type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -49,7 +50,8 @@ def main():
     res, times = {}, {}
     for arch in ('forward', 'forward_backward'):
         t0 = time.perf_counter()
-        learn = spots_train(dict(name=arch, arch_path=arch, layer_depth=a.layer_depth, epochs=a.epochs, lr=a.lr, background_weight=0.3),
+        learn = spots_train(dict(name=arch, arch_path=arch, layer_depth=a.layer_depth, epochs=a.epochs, lr=a.lr, background_weight=0.3,
+                                 spot_weight=a.spot_weight),
                             items, seed=a.seed, work_dir=root/'work')
         times[arch] = time.perf_counter()-t0
         ev = spots_evaluate(learn)

@@ -728,7 +728,7 @@ def spots_evaluate(learn, # a trained spot learner
                          threshold=threshold, log_threshold=log_threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/22_spots.ipynb #8501800e
+# %% ../nbs/22_spots.ipynb #f5b98a60
 def spots_train(experiment:dict, # name, epochs; optional arch_path, backprop_length, conv_size, combiner_conv_size, layer_depth, lr, background_weight, spot_weight
                 source, # folder of series, or a DataFrame from `spots_items`
                 bs:int=4, # lanes per batch
