@@ -46,8 +46,8 @@ def test_normalisation_does_not_depend_on_length(cells):
 
 @pytest.fixture(scope='module')
 def trained(cells):
-    set_seed(0, reproducible=True)
-    return nextframe_train(dict(name='conv3d_residual', epochs=10, hidden=16, head='conv3d', residual=True), cells['train'], bs=16, seed=0)
+    set_seed(0, reproducible=True)   # 20 epochs: interior RMSE 0.102, 0.103, 0.094 with seeds 0, 1, 2 (10 epochs: 0.111, 0.123 > 0.12)
+    return nextframe_train(dict(name='conv3d_residual', epochs=20, hidden=16, head='conv3d', residual=True), cells['train'], bs=16, seed=0)
 
 def test_training_beats_baselines_on_interior(cells, trained):
     "Interior RMSE below copy-last-frame, mean-frame and the same model untrained, on test cells of another seed."
