@@ -6,7 +6,7 @@ Docs: https://biofastai.github.io/biofastai/callbacks.html.md"""
 
 # %% ../nbs/12_callbacks.ipynb #d3e6e888
 from __future__ import annotations
-import os, random, tempfile
+import random
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr
@@ -14,6 +14,7 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastai.learner import Recorder
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import get_model
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint']
@@ -22,16 +23,9 @@ __all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint']
 def atomic_save(obj, # anything `torch.save` can write
                 path, # the file to write
                ) -> Path:
-    "Write `obj` with `torch.save` to a temporary file beside `path`, then rename it to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
+    "Write `obj` with `torch.save` to a temporary file beside `path`, then rename it to `path` (see `atomic_write`)."
+    with atomic_write(path) as tmp: torch.save(obj, tmp)
+    return Path(path)
 
 # %% ../nbs/12_callbacks.ipynb #8f948409
 def rng_states(dls=None # `DataLoaders` whose loaders' own generators are included

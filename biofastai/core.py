@@ -6,6 +6,9 @@ Docs: https://biofastai.github.io/biofastai/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #e731f9b3
 from __future__ import annotations
+import os, tempfile
+from contextlib import contextmanager
+from pathlib import Path
 import numpy as np, torch, matplotlib.pyplot as plt
 from torch import nn
 from fastai.torch_core import TensorBase, TensorImageBase, default_device, show_image
@@ -16,8 +19,8 @@ from fastprogress.fastprogress import progress_bar
 # %% auto #0
 __all__ = ['CHANNEL_COLORS', 'BioDataError', 'MissingFileError', 'CorruptFileError', 'ShapeError', 'EmptyDataError',
            'ValueRangeError', 'as_rng', 'inference_model', 'to_numpy', 'as_chw', 'round_up', 'centred_window',
-           'normalize_percentile', 'maybe_progress', 'experiment_params', 'composite', 'outline_overlay',
-           'TensorMultiChannel', 'TensorSequence', 'TensorWeights']
+           'normalize_percentile', 'maybe_progress', 'experiment_params', 'atomic_write', 'composite',
+           'outline_overlay', 'TensorMultiChannel', 'TensorSequence', 'TensorWeights']
 
 # %% ../nbs/00_core.ipynb #69dffa59
 class BioDataError(ValueError):
@@ -131,6 +134,23 @@ def experiment_params(experiment:dict, # a 'name', 'epochs' and the workflow's p
         raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
                               'fix the key names of the experiment dict')
     return defaults | experiment
+
+# %% ../nbs/00_core.ipynb #42b2a0f3
+_UMASK = os.umask(0); os.umask(_UMASK)   # read once: files get the usual permissions, not mkstemp's private 0600
+
+@contextmanager
+def atomic_write(path, # the file to write; its folder is created
+                ):
+    "A context yielding a temporary path beside `path`, renamed to `path` when the block succeeds and removed when it fails."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.', suffix=f'.{path.name}', dir=path.parent)
+    os.close(fd); tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, 'ab') as f: os.fsync(f.fileno())   # on disk before the rename makes it the file
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #5dbf336e
 CHANNEL_COLORS = ((0,1,0), (1,0,1), (0,1,1), (1,1,0), (1,0,0), (0,0,1), (1,1,1), (1,.5,0))

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 import numpy as np, tifffile, imageio.v3 as iio
 from fastai.data.transforms import get_files
-from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile, to_numpy
+from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile, to_numpy, atomic_write
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'write_tiff', 'image_files', 'normalize_percentile']
@@ -83,18 +83,27 @@ def _read_picture(fn:Path) -> tuple[np.ndarray, str]:
     return x, 'YX' if x.ndim==2 else 'YXS'
 
 # %% ../nbs/02_io.ipynb #1045d4d0
+_NPY_MAGIC = b'\x93NUMPY'
+_DAMAGED = 'copy or save the file again: it is truncated, damaged or not an image'
+
+def _read_npy(fn:Path) -> np.ndarray:
+    "The array in NPY file `fn`; anything else (a pickle, random bytes) is a `ValueError`, never unpickled."
+    with open(fn, 'rb') as f:
+        if f.read(len(_NPY_MAGIC))!=_NPY_MAGIC: raise ValueError('not a NumPy .npy file (it does not start with \\x93NUMPY)')
+    return np.load(fn, allow_pickle=False)
+
 def _read_file(fn:Path) -> tuple[np.ndarray, str|None]:
     "The array in `fn` and the axes its format or metadata gives (None when unknown)."
     if not fn.is_file(): raise MissingFileError(fn, 'a folder' if fn.exists() else 'no file', 'an image file', _check_path(fn))
     ext = fn.suffix.lower()
     if ext not in IMAGE_EXTS: raise CorruptFileError(fn, f"a '{ext}' file", f"one of {', '.join(IMAGE_EXTS)}", 'export it as TIFF (Fiji: File > Save As > Tiff...)')
+    if fn.stat().st_size==0: raise CorruptFileError(fn, 'an empty file (0 bytes)', f'a complete {ext} image', _DAMAGED)
     try:
-        if ext=='.npy': return np.load(fn, allow_pickle=False), None
+        if ext=='.npy': return _read_npy(fn), None
         return _read_picture(fn) if ext in ('.png', '.jpg', '.jpeg') else _read_tiff(fn)
     except (BioDataError, MemoryError): raise
     except Exception as e:
-        raise CorruptFileError(fn, f'a file that cannot be read ({type(e).__name__}: {e})', f'a complete {ext} image',
-                               'copy or save the file again: it is truncated, damaged or not an image') from e
+        raise CorruptFileError(fn, f'a file that cannot be read ({type(e).__name__}: {e})', f'a complete {ext} image', _DAMAGED) from e
 
 # %% ../nbs/02_io.ipynb #f050a554
 def read_stack(fn:str|Path, # a .tif/.tiff, .png, .jpg/.jpeg or .npy file
@@ -151,14 +160,13 @@ def write_tiff(fn:str|Path, # where to write; parent folders are created
                x, # image, mask or probability map: array or tensor
                axes:str|None=None # one letter per axis of `x` from T, C, Z, Y, X, S; default by shape: YX, TYX, TCYX
               ) -> Path:
-    "Save `x` as a TIFF whose axes metadata lets `read_stack` read it back exactly."
+    "Save `x` atomically as a TIFF whose axes metadata lets `read_stack` read it back exactly."
     fn = Path(fn)
     x = to_numpy(x)
     x = _to_tcyx(x, axes.upper() if axes else _default_axes(x.shape), f'the array written to {fn}', 'as given by axes=' if axes else 'assumed from its shape')
     kept = ''.join(a for a,n in zip('TC', x.shape) if n>1) + 'YX'
     x = x.reshape([n for a,n in zip('TCYX', x.shape) if a in kept])
-    fn.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(fn, x, imagej=x.dtype in _IMAGEJ_DTYPES, ome=x.dtype in _OME_DTYPES, metadata={'axes': kept})
+    with atomic_write(fn) as tmp: tifffile.imwrite(tmp, x, imagej=x.dtype in _IMAGEJ_DTYPES, ome=x.dtype in _OME_DTYPES, metadata={'axes': kept})
     return fn
 
 # %% ../nbs/02_io.ipynb #6413665c
