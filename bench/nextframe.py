@@ -57,8 +57,8 @@ def main():
         with learn.no_bar(), learn.no_logging(): valid_loss = float(learn.validate()[1])   # next-frame RMSE on validation
         ev = nextframe_evaluate(learn, test8)
         res[name], learners[name] = dict(ev=ev, valid=valid_loss, time=time.perf_counter()-t0), learn
-        print(f"{name:18s} train {res[name]['time']:5.0f} s  valid next-frame RMSE {valid_loss:.4f}  test interior RMSE {ev.model_rmse_interior.mean():.4f}"
-              f"  cell {ev.model_rmse_cell.mean():.4f}  SSIM interior {ev.model_ssim_interior.mean():.3f}", flush=True)
+        print(f"{name:18s} train {res[name]['time']:5.0f} s  valid next-frame RMSE {valid_loss:.4f}  test interior RMSE {ev.rmse_interior.mean():.4f}"
+              f"  cell {ev.rmse_cell.mean():.4f}  SSIM interior {ev.ssim_interior.mean():.3f}", flush=True)
     ev = res['seed']['ev']
     print(f"{'copy_last':18s} test interior RMSE {ev.copy_last_rmse_interior.mean():.4f}  cell {ev.copy_last_rmse_cell.mean():.4f}  SSIM interior {ev.copy_last_ssim_interior.mean():.3f}")
     print(f"{'mean_frame':18s} test interior RMSE {ev.mean_frame_rmse_interior.mean():.4f}  cell {ev.mean_frame_rmse_cell.mean():.4f}  SSIM interior {ev.mean_frame_ssim_interior.mean():.3f}")
@@ -66,14 +66,14 @@ def main():
     b, s = res[best]['ev'], res['seed']['ev']
     print('by kind (interior RMSE, best variant / copy-last):')
     kinds = pd.read_csv(test/'sequences.csv').kind.values   # rows of `b` are the test sequences in order
-    for k, g in b.groupby(kinds): print(f'  {k:12s} {g.model_rmse_interior.mean():.4f} / {g.copy_last_rmse_interior.mean():.4f}')
+    for k, g in b.groupby(kinds): print(f'  {k:12s} {g.rmse_interior.mean():.4f} / {g.copy_last_rmse_interior.mean():.4f}')
     roll = rollout_error(learners[best], test, steps=3).groupby('k').mean(numeric_only=True)
-    print('rollout (interior RMSE, model / copy-last):', '  '.join(f'k={k}: {r.model_rmse_interior:.4f} / {r.copy_last_rmse_interior:.4f}' for k, r in roll.iterrows()))
-    out = dict(best=best, interior_best=b.model_rmse_interior.mean(), interior_seed=s.model_rmse_interior.mean(),
+    print('rollout (interior RMSE, model / copy-last):', '  '.join(f'k={k}: {r.rmse_interior:.4f} / {r.copy_last_rmse_interior:.4f}' for k, r in roll.iterrows()))
+    out = dict(best=best, interior_best=b.rmse_interior.mean(), interior_seed=s.rmse_interior.mean(),
                interior_copy_last=s.copy_last_rmse_interior.mean(), interior_mean_frame=s.mean_frame_rmse_interior.mean(),
-               cell_best=b.model_rmse_cell.mean(), cell_seed=s.model_rmse_cell.mean(), cell_copy_last=s.copy_last_rmse_cell.mean(),
-               cell_mean_frame=s.mean_frame_rmse_cell.mean(), ssim_interior_best=b.model_ssim_interior.mean(), ssim_interior_copy_last=s.copy_last_ssim_interior.mean(),
-               rollout3_best=roll.model_rmse_interior[3], rollout3_copy_last=roll.copy_last_rmse_interior[3])
+               cell_best=b.rmse_cell.mean(), cell_seed=s.rmse_cell.mean(), cell_copy_last=s.copy_last_rmse_cell.mean(),
+               cell_mean_frame=s.mean_frame_rmse_cell.mean(), ssim_interior_best=b.ssim_interior.mean(), ssim_interior_copy_last=s.copy_last_ssim_interior.mean(),
+               rollout3_best=roll.rmse_interior[3], rollout3_copy_last=roll.copy_last_rmse_interior[3])
     out['ratio_best_copy_last'] = out['interior_best']/out['interior_copy_last']
     ok = out['ratio_best_copy_last'] <= 0.7 and out['interior_best'] < out['interior_seed']
     print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items()) + f' ok={int(ok)}')

@@ -359,9 +359,9 @@ def _ssim(p:np.ndarray, t:np.ndarray, m:np.ndarray, data_range:float=1.) -> floa
 BASELINES = ('copy_last', 'mean_frame')
 
 def _scores(preds:dict, target:np.ndarray, valid:np.ndarray, outline:int) -> dict:
-    "RMSE and SSIM of each prediction over the cell and the interior of `target`."
+    "RMSE and SSIM of each prediction over the cell and the interior of `target`; the model's columns unprefixed, each baseline's prefixed with its name."
     regions = dict(zip(('cell', 'interior'), cell_regions(target, valid, outline)))
-    return {f'{k}_{m}_{r}': f(p, target, reg) for k, p in preds.items() for m, f in (('rmse', _rmse), ('ssim', _ssim)) for r, reg in regions.items()}
+    return {f'{k}_{m}_{r}'.removeprefix('model_'): f(p, target, reg) for k, p in preds.items() for m, f in (('rmse', _rmse), ('ssim', _ssim)) for r, reg in regions.items()}
 
 def _eval_samples(learn:Learner, source, axes:str|None) -> tuple[list, list]:
     "Normalised, padded samples to score and their names: the validation set, or the last window of each sequence of `source`."
@@ -394,7 +394,7 @@ def nextframe_evaluate(learn:Learner, # a trained learner
         for f, d, p, name in zip(frames, samples[s:s+bs], pred, names[s:s+bs]):
             rows.append(dict(sequence=name, **_scores(dict(model=p, copy_last=f[-2], mean_frame=f[:-1].mean(0)), f[-1], d['valid'], outline)))
     res = pd.DataFrame(rows)
-    res.attrs['baselines'] = BASELINES
+    res.attrs['baseline'] = BASELINES
     return res
 
 # %% ../nbs/23_nextframe.ipynb #9a6ac9be
@@ -467,11 +467,7 @@ def nextframe_train(experiment:dict, # name, epochs; optional lr, hidden, layers
                     **kwargs # passed to `nextframe_dls`
                    ) -> Learner:
     "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
-    known = {'name', 'epochs', 'lr', 'hidden', 'layers', 'head', 'residual', 'encoder_decoder'}
-    if 'epochs' not in experiment or set(experiment)-known:
-        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
-                              'fix the key names of the experiment dict')
-    e = dict(lr=3e-3, hidden=32, layers=1, head='last', residual=False, encoder_decoder=False) | experiment
+    e = experiment_params(experiment, dict(lr=3e-3, hidden=32, layers=1, head='last', residual=False, encoder_decoder=False))
     set_seed(seed, reproducible=True)
     dls = nextframe_dls(source, n_frames, bs=bs, valid_pct=valid_pct, seed=seed, **kwargs)
     learn = nextframe_learner(dls, e['hidden'], e['layers'], e['head'], e['residual'], e['encoder_decoder'], cbs=cbs)

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from skimage.feature import blob_log
 from skimage.segmentation import find_boundaries
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, listify
 from fastcore.meta import delegates
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
@@ -29,7 +29,7 @@ from fastai.callback.schedule import fit_one_cycle  # patch it onto `Learner`
 from fastprogress.fastprogress import progress_bar
 from plum import dispatch
 from .core import (BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError,
-                            as_rng, inference_model, composite, TensorSequence, TensorWeights)
+                            as_rng, inference_model, composite, experiment_params, TensorSequence, TensorWeights)
 from .io import read_stack, read_mask, normalize_percentile, write_tiff
 from .losses import MaskedLoss
 from .metrics import match_spots, _assign
@@ -458,6 +458,7 @@ def spots_learner(dls:DataLoaders, # from `spots_dls`
                   layer_depth:int=64, # filters per layer
                   work_dir='.', # checkpoints go to work_dir/rnn_loop_bp_X_path_Y
                   metrics=None, # None: `SpotF1()`
+                  cbs=None, # more callbacks, beside the `SeriesResetter`
                   **kwargs # passed to `Learner`
                  ) -> Learner:
     "A learner for the recurrent spot network, with state resets per series and a loss averaged over weighted pixels."
@@ -465,7 +466,7 @@ def spots_learner(dls:DataLoaders, # from `spots_dls`
     model = SpotNet(arch_path, backprop_length, getattr(dls, 'normalize', (1., 99.8)), n_in=dls.train.one_batch()[0].shape[2],
                     layer_depth=layer_depth, conv_size=conv_size, combiner_conv_size=combiner_conv_size)
     return Learner(dls, model, loss_func=MaskedLoss(axis=2), metrics=[SpotF1()] if metrics is None else metrics,
-                   cbs=[SeriesResetter()], path=Path(work_dir), model_dir=f'rnn_loop_bp_{backprop_length}_path_{arch_path}', **kwargs)
+                   cbs=[SeriesResetter(), *listify(cbs)], path=Path(work_dir), model_dir=f'rnn_loop_bp_{backprop_length}_path_{arch_path}', **kwargs)
 
 # %% ../nbs/22_spots.ipynb #9918ace3
 def checkpoints(learn:Learner) -> list[str]:
@@ -726,7 +727,9 @@ def spots_evaluate(learn, # a trained spot learner
                          **{f'log_{k}': b[k] for k in ('f1', 'precision', 'recall', 'tail_f1')}, n_spots=len(s['spots']), n_tail=m['n_tail'],
                          **{k: m[k] for k in ('tp', 'fp', 'fn')}, **{f'log_{k}': b[k] for k in ('tp', 'fp', 'fn')},
                          threshold=threshold, log_threshold=log_threshold))
-    return pd.DataFrame(rows)
+    res = pd.DataFrame(rows)
+    res.attrs['baseline'] = 'log'   # the LoG detector's columns are log_<metric>
+    return res
 
 # %% ../nbs/22_spots.ipynb #f5b98a60
 def spots_train(experiment:dict, # name, epochs; optional arch_path, backprop_length, conv_size, combiner_conv_size, layer_depth, lr, background_weight, spot_weight
@@ -735,17 +738,15 @@ def spots_train(experiment:dict, # name, epochs; optional arch_path, backprop_le
                 seed:int=0, # seed of the split, augmentation and initialisation
                 valid_pct:float=0.25, # fraction of series for validation, unless `source` has an `is_valid` column
                 work_dir='.', # checkpoints go to work_dir/rnn_loop_bp_X_path_Y
+                cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
                 **kwargs # passed to `spots_dls`
                ) -> Learner:
     "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
-    known = {'name', 'epochs', 'arch_path', 'backprop_length', 'conv_size', 'combiner_conv_size', 'layer_depth', 'lr', 'background_weight', 'spot_weight'}
-    if 'epochs' not in experiment or set(experiment)-known:
-        raise ValueRangeError(f"experiment {experiment.get('name', '')!r}", f'keys {sorted(experiment)}', f"'epochs' and only keys from {sorted(known)}",
-                              'fix the key names of the experiment dict')
-    e = dict(arch_path='forward', backprop_length=6, conv_size=3, combiner_conv_size=7, layer_depth=64, lr=3e-3, background_weight=0.1, spot_weight=5.) | experiment
+    e = experiment_params(experiment, dict(arch_path='forward', backprop_length=6, conv_size=3, combiner_conv_size=7, layer_depth=64, lr=3e-3,
+                                           background_weight=0.1, spot_weight=5.))
     set_seed(seed, reproducible=True)
     dls = spots_dls(source, e['backprop_length'], bs=bs, valid_pct=valid_pct, seed=seed, background_weight=e['background_weight'],
                     spot_weight=e['spot_weight'], **kwargs)
     set_seed(seed, reproducible=True)
-    learn = spots_learner(dls, e['arch_path'], e['backprop_length'], e['conv_size'], e['combiner_conv_size'], e['layer_depth'], work_dir=work_dir)
+    learn = spots_learner(dls, e['arch_path'], e['backprop_length'], e['conv_size'], e['combiner_conv_size'], e['layer_depth'], work_dir=work_dir, cbs=cbs)
     return spots_fit(learn, e['epochs'], e['lr'])

@@ -53,13 +53,13 @@ def test_training_beats_baselines_on_interior(cells, trained):
     "Interior RMSE below copy-last-frame, mean-frame and the same model untrained, on test cells of another seed."
     ev = nextframe_evaluate(trained, cells['test']).mean(numeric_only=True)
     set_seed(0, reproducible=True)
-    untrained = nextframe_evaluate(nextframe_learner(trained.dls, hidden=16, head='conv3d', residual=True), cells['test']).model_rmse_interior.mean()
+    untrained = nextframe_evaluate(nextframe_learner(trained.dls, hidden=16, head='conv3d', residual=True), cells['test']).rmse_interior.mean()
     threshold = 0.12
-    print(f"interior RMSE: model {ev.model_rmse_interior:.4f}, copy-last {ev.copy_last_rmse_interior:.4f}, mean-frame {ev.mean_frame_rmse_interior:.4f}, "
-          f"untrained {untrained:.4f}; whole cell: model {ev.model_rmse_cell:.4f}, copy-last {ev.copy_last_rmse_cell:.4f}")
+    print(f"interior RMSE: model {ev.rmse_interior:.4f}, copy-last {ev.copy_last_rmse_interior:.4f}, mean-frame {ev.mean_frame_rmse_interior:.4f}, "
+          f"untrained {untrained:.4f}; whole cell: model {ev.rmse_cell:.4f}, copy-last {ev.copy_last_rmse_cell:.4f}")
     assert ev.copy_last_rmse_interior > threshold and ev.mean_frame_rmse_interior > threshold and untrained > threshold   # the baselines fail it
-    assert ev.model_rmse_interior < threshold
-    assert ev.model_ssim_interior > ev.copy_last_ssim_interior
+    assert ev.rmse_interior < threshold
+    assert ev.ssim_interior > ev.copy_last_ssim_interior
 
 def test_rollout_export_and_predict_folder(cells, trained, tmp_path):
     roll = rollout_error(trained, cells['long'], steps=3)
@@ -96,10 +96,10 @@ def test_hela_nuclei_not_worse_than_copy_last():
     learn = nextframe_learner(dls, hidden=16, residual=True)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(8, 3e-3)
     ev = nextframe_evaluate(learn, test).mean(numeric_only=True)
-    print(f'HeLa nuclei ({len(train)} training, {len(test)} test tracks): RMSE over the nucleus: model {ev.model_rmse_cell:.4f}, '
-          f'copy-last {ev.copy_last_rmse_cell:.4f}, mean-frame {ev.mean_frame_rmse_cell:.4f}; interior: model {ev.model_rmse_interior:.4f}, '
+    print(f'HeLa nuclei ({len(train)} training, {len(test)} test tracks): RMSE over the nucleus: model {ev.rmse_cell:.4f}, '
+          f'copy-last {ev.copy_last_rmse_cell:.4f}, mean-frame {ev.mean_frame_rmse_cell:.4f}; interior: model {ev.rmse_interior:.4f}, '
           f'copy-last {ev.copy_last_rmse_interior:.4f}')
-    assert ev.model_rmse_cell <= ev.copy_last_rmse_cell and ev.model_rmse_interior <= ev.copy_last_rmse_interior
+    assert ev.rmse_cell <= ev.copy_last_rmse_cell and ev.rmse_interior <= ev.copy_last_rmse_interior
 
 def test_bad_input(tmp_path):
     tifffile.imwrite(tmp_path/'one.tif', np.zeros((1, 8, 8), np.float32), imagej=True, metadata={'axes': 'TYX'})
