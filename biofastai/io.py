@@ -8,12 +8,13 @@ Docs: https://biofastai.github.io/biofastai/io.html.md"""
 from __future__ import annotations
 import logging
 from pathlib import Path
-import numpy as np, tifffile, imageio.v3 as iio
+import numpy as np, pandas as pd, tifffile, imageio.v3 as iio
 from fastai.data.transforms import get_files
 from .core import BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError, normalize_percentile, to_numpy, atomic_write
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'write_tiff', 'image_files', 'normalize_percentile']
+__all__ = ['IMAGE_EXTS', 'read_stack', 'read_image', 'read_mask', 'write_tiff', 'image_files', 'read_table',
+           'normalize_percentile']
 
 # %% ../nbs/02_io.ipynb #cb6c57c0
 _AXES = 'TCZYXS'
@@ -183,3 +184,23 @@ def image_files(folder:str|Path, # folder holding the images
         raise MissingFileError(folder, f'no files ending in {", ".join(exts)} among {len(others)} entries {others[:5]}', 'at least one image file',
                                'check the folder, export the images as TIFF, or pass recurse=True if they are in sub-folders')
     return fns
+
+# %% ../nbs/02_io.ipynb #3a9cce8c
+def read_table(fn:str|Path, # a .csv file with a header row
+               numeric:tuple=(), # columns that must hold numbers in every row (those present; a missing column is the caller's check)
+              ) -> pd.DataFrame:
+    "The table in CSV file `fn`; a missing, empty or unreadable file, or text in a `numeric` column, is a `BioDataError` naming the file."
+    fn = Path(fn)
+    if not fn.is_file(): raise MissingFileError(fn, 'a folder' if fn.exists() else 'no file', 'a CSV table', _check_path(fn))
+    try: df = pd.read_csv(fn)
+    except Exception as e:   # pandas' EmptyDataError and ParserError; UnicodeDecodeError from binary files
+        raise CorruptFileError(fn, f'a file that cannot be read as a table ({type(e).__name__}: {e})', 'a CSV table with a header row',
+                               'save it again as CSV (comma-separated, UTF-8) with the column names in the first line') from e
+    for c in (c for c in numeric if c in df):
+        bad = pd.to_numeric(df[c], errors='coerce').isna() & df[c].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueRangeError(fn, f'{bad.sum()} non-numeric values in column {c!r} (first: {df[c].iloc[i]!r} on line {i+2})', f'numbers in column {c!r}',
+                                  'correct or delete those lines')
+        df[c] = pd.to_numeric(df[c])
+    return df
