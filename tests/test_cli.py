@@ -1,61 +1,88 @@
-"The installed `biofastai` console script, end to end, as the README's main job runs it."
-import subprocess, sys, shutil
+"The `biofastai` verbs for every workflow: train, predict, evaluate, lr-find, compare; export and reload in a fresh process."
+import subprocess, sys, shutil, json
 from pathlib import Path
-import pandas as pd
+import numpy as np, pandas as pd, pytest
+from biofastai.cli import main, make_parser
+from biofastai.io import read_stack, read_mask
+from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
+from biofastai.rescunet import write_rescunet_samples
 
 def run_cli(*args):
     exe = shutil.which('biofastai', path=str(Path(sys.executable).parent)) or 'biofastai'
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
 
-def test_synth_all_writes_every_dataset(tmp_path):
-    r = run_cli('synth', 'all', str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path/'cells'/'codes.txt').exists()
-    assert list((tmp_path/'cells'/'FullImage').glob('*.tif'))
-    assert list((tmp_path/'videos').glob('video_*/labels.tif'))
-    assert list((tmp_path/'spots').glob('series_*/spots.csv'))
-    assert list((tmp_path/'nextframe'/'sequences').glob('*.tif'))
-    assert list((tmp_path/'dendrites'/'spines').glob('*.csv'))
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    "Tiny built-in data for every workflow, and the prediction inputs."
+    d = tmp_path_factory.mktemp('cli')
+    v = synth_videos(d/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
+    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), d/'samples', 'v0', crop_size=32)
+    return dict(root=d, cellseg=synth_cells(d/'cells', n=8, size=32), rescunet=d/'samples', spots=synth_spots(d/'spots', n=4, n_frames=6, size=32),
+                nextframe=synth_nextframe(d/'nextframe', n=8, n_frames=5, size=16), spines=synth_dendrites(d/'dendrites', n=3, size=96),
+                inputs=dict(cellseg=d/'cells'/'FullImage', rescunet=d/'videos', spots=d/'spots', nextframe=d/'nextframe'/'sequences',
+                            spines=d/'dendrites'/'images'))
 
-def test_unknown_workflow_is_refused(tmp_path):
-    r = run_cli('synth', 'nope', str(tmp_path))
-    assert r.returncode == 2 and 'invalid choice' in r.stderr
+OPTS = dict(cellseg=['--loading-codes', '1', '4', '7', '--arch', 'resnet18', '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained'],
+            rescunet=['--width', '4', '--bs', '4'], spots=['--layer-depth', '8', '--backprop-length', '3', '--bs', '2'],
+            nextframe=['--hidden', '8', '--bs', '4'], spines=[])
 
-def test_cellseg_train_and_predict(tmp_path):
-    "The README's main job in miniature: built-in cells, a short training, a folder of predicted masks."
-    assert run_cli('synth', 'cells', str(tmp_path/'cells'), '--n', '8').returncode == 0
-    r = run_cli('cellseg', 'train', str(tmp_path/'cells'), '--codes', '1', '4', '7', '--arch', 'resnet18', '--epochs', '1',
-                '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained', '--out', str(tmp_path/'model.pkl'))
+def test_train_predict_evaluate_every_workflow(data, capsys):
+    "Each workflow through the same verbs, in process; then every exported model reloaded in one fresh process predicts the same files."
+    d = data['root']
+    for wf in OPTS:
+        main(['train', wf, str(data[wf]), '--epochs', '1', *OPTS[wf], '--out', str(d/'models'/f'{wf}.pkl')])
+        out = capsys.readouterr().out
+        assert 'validation:' in out and 'not scored' not in out and (d/'models'/f'{wf}_log.csv').exists() and (d/'models'/f'{wf}_loss.png').exists(), out
+        assert len(pd.read_csv(d/'models'/f'{wf}_log.csv')) == 1
+        main(['predict', str(d/'models'/f'{wf}.pkl'), str(data['inputs'][wf]), str(d/'pred'/wf)])
+        assert len(pd.read_csv(d/'pred'/wf/'predictions.csv')) > 0
+    main(['evaluate', str(d/'models'/'cellseg.pkl'), str(data['cellseg'])])
+    out = capsys.readouterr().out
+    assert 'dice=' in out and '(otsu ' in out and len(pd.read_csv(d/'models'/'cellseg_evaluation.csv')) == 8
+    assert len(list((d/'pred'/'cellseg'/'masks').glob('*.tif'))) == 8
+    assert len(pd.read_csv(d/'pred'/'spines'/'counts.csv')) == 3
+    assert list((d/'pred'/'spots'/'bursts').glob('*.csv'))
+    from fastai.learner import load_learner
+    assert load_learner(d/'models'/'spines.pkl').counter.threshold > 0   # the tuned counter travels with the model
+    # item 5: export, then load_learner in a fresh process, gives identical predictions
+    script = '; '.join(f"main(['predict', {str(d/'models'/f'{wf}.pkl')!r}, {str(data['inputs'][wf])!r}, {str(d/'fresh'/wf)!r}])" for wf in OPTS)
+    r = subprocess.run([sys.executable, '-c', f'from biofastai.cli import main; {script}'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert 'validation: dice=' in r.stdout and 'fields with cells' in r.stdout and (tmp_path/'model.pkl').exists()
-    r = run_cli('cellseg', 'predict', str(tmp_path/'model.pkl'), str(tmp_path/'cells'/'FullImage'), str(tmp_path/'pred'))
-    assert r.returncode == 0, r.stderr
-    assert len(list((tmp_path/'pred'/'masks').glob('*.tif'))) == 8
+    for wf in OPTS:
+        files = sorted(f.relative_to(d/'pred'/wf) for f in (d/'pred'/wf).rglob('*') if f.is_file() and f.name != 'predictions.csv')
+        assert files and files == sorted(f.relative_to(d/'fresh'/wf) for f in (d/'fresh'/wf).rglob('*') if f.is_file() and f.name != 'predictions.csv'), wf
+        for f in files:
+            a, b = d/'pred'/wf/f, d/'fresh'/wf/f
+            if f.suffix == '.tif': np.testing.assert_array_equal(read_stack(a), read_stack(b), err_msg=str(f))
+            else: assert a.read_bytes() == b.read_bytes(), f
+
+def test_lr_find_and_compare(data, tmp_path, capsys):
+    "lr-find saves its plot and prints a suggestion; compare trains a YAML list of experiments and writes its table and plots."
+    main(['lr-find', 'spines', str(data['spines']), '--plot', str(tmp_path/'lr.png')])
+    assert 'suggested lr:' in capsys.readouterr().out and (tmp_path/'lr.png').exists()
+    conf = tmp_path/'exps.yaml'
+    conf.write_text(f"workflow: spines\ndata: {data['spines']}\nexperiments:\n  - {{name: small, epochs: 1, filters: [4, 8, 16]}}\n  - {{name: wide, epochs: 1}}\n")
+    main(['compare', str(conf)])
+    res = pd.read_csv(tmp_path/'exps'/'comparison.csv', index_col='name')
+    assert list(res.index) == ['small', 'wide'] and (res.status == 'trained').all()
+    assert (tmp_path/'exps'/'losses.png').exists() and (tmp_path/'exps'/'comparison_count_error.png').exists()
+
+def test_help_from_docments_and_bad_options(data, tmp_path, capsys):
+    "Options and their help come from the docments; an option the model's workflow lacks, or a bad config, is one error line and exit 2."
+    help = make_parser()._subparsers._group_actions[0].choices['train']._subparsers._group_actions[0].choices['rescunet'].format_help()
+    assert '--concat-level' in help and 'stages' in help.lower() and '--no-augment' in help
+    with pytest.raises(SystemExit) as e: main(['synth', 'nope', str(tmp_path)])
+    assert e.value.code == 2 and 'invalid choice' in capsys.readouterr().err
+    (tmp_path/'bad.yaml').write_text('epoch: 3\n')
+    with pytest.raises(SystemExit) as e: main(['train', 'spines', str(data['spines']), '--config', str(tmp_path/'bad.yaml')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and 'epoch' in err
+    with pytest.raises(SystemExit) as e: main(['predict', str(tmp_path/'none.pkl'), str(tmp_path), str(tmp_path/'out')])
+    assert e.value.code == 2 and 'biofastai train WORKFLOW DATA' in capsys.readouterr().err
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
-    "A BioDataError is one line on stderr naming the file and a fix the command line can apply, exit status 2 (the notebook tests --debug)."
-    from biofastai.synth import synth_cells
-    r = run_cli('cellseg', 'train', str(synth_cells(tmp_path/'cells', n=4, size=32)), '--loading-codes', '1', '150', '--epochs', '1', '--no-pretrained')
+    "In the installed console script: a BioDataError is one line on stderr naming the fix, exit status 2, no traceback."
+    r = run_cli('train', 'cellseg', str(synth_cells(tmp_path/'cells', n=4, size=32)), '--loading-codes', '1', '150', '--epochs', '1', '--no-pretrained')
     errors = [l for l in r.stderr.splitlines() if l.startswith('biofastai: error:')]   # library warnings may come before it
     assert r.returncode == 2 and len(errors) == 1 and 'Traceback' not in r.stderr, r.stderr
     assert 'loading code 150' in errors[0] and 'use a raw channel 0-50 or one of the recipe codes' in errors[0]
-
-def test_rescunet_and_spines_train_and_predict(tmp_path):
-    "The other workflows' train and predict commands, on tiny built-in data."
-    from biofastai.io import read_stack, read_mask
-    from biofastai.synth import synth_videos, synth_dendrites
-    from biofastai.rescunet import write_rescunet_samples
-    v = synth_videos(tmp_path/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
-    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), tmp_path/'samples', 'v0', crop_size=32)
-    r = run_cli('rescunet', 'train', str(tmp_path/'samples'), '--epochs', '1', '--width', '4', '--bs', '4', '--out', str(tmp_path/'rescunet.pkl'))
-    assert r.returncode == 0, r.stderr
-    assert 'validation: one-step IoU=' in r.stdout and 'copying the previous mask' in r.stdout
-    r = run_cli('rescunet', 'predict', str(tmp_path/'rescunet.pkl'), str(tmp_path/'videos'), str(tmp_path/'tracks'))
-    assert r.returncode == 0, r.stderr
-    assert read_mask(tmp_path/'tracks'/'video_000.tif').shape == read_mask(v/'labels.tif').shape
-    r = run_cli('spines', 'train', str(synth_dendrites(tmp_path/'dendrites', n=3, size=96)), '--epochs', '1', '--out', str(tmp_path/'spines.pkl'))
-    assert r.returncode == 0, r.stderr
-    assert 'validation: count error=' in r.stdout and '(LoG' in r.stdout
-    r = run_cli('spines', 'predict', str(tmp_path/'spines.pkl'), str(tmp_path/'dendrites'/'images'), str(tmp_path/'counts'))
-    assert r.returncode == 0, r.stderr
-    assert len(pd.read_csv(tmp_path/'counts'/'counts.csv')) == 3
