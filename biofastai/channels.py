@@ -168,6 +168,9 @@ def _check_channels(recipes:list, codes:list, n_channels:int, source):
 def _load(image:np.ndarray, recipes:list, codes:list, rng, source) -> np.ndarray:
     if image.ndim!=3: raise ShapeError(source, f'an image of shape {image.shape}', 'a (C,H,W) image', 'read it with read_image, or add a channel axis with x[None]')
     _check_channels(recipes, codes, len(image), source)
+    if image.dtype.kind=='f' and not np.isfinite(image).all():
+        raise ValueRangeError(source, f'{(~np.isfinite(image)).sum()} NaN or infinite values', 'finite intensities',
+                              'replace them (e.g. np.nan_to_num(x, nan=0)) before loading the channels')
     out = np.empty((len(recipes), *image.shape[1:]), np.float32)
     for i,r in enumerate(recipes): out[i] = r(image, rng)
     return out

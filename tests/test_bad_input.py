@@ -229,6 +229,7 @@ CHANNELS = {
     'dropout-of-missing-channel': _codes([205], 'loading code 205'),
     'dropout-probability': _codes([200], 'channel_dropout', channel_dropout=1.5),
     '2d-image': _codes([0], 'image of shape', image=img()),
+    'nan-array': _codes([0, 1], 'NaN or infinite', image=np.where(np.eye(32, dtype=bool), np.inf, 1.)[None].repeat(2, 0)),
     'recipe-code-in-raw-range': lambda t: (lambda: RecipeBook({10: Merge([0, 1])}), 'recipe book'),
     'recipe-without-channels': lambda t: (lambda: Merge([]), 'Merge'),
     'not-a-recipe': lambda t: (lambda: resolve_codes([60], recipes={60: 'merge'}), 'recipe book'),
