@@ -43,8 +43,8 @@ __all__ = ['PREV_COLOR', 'MASK_COLOR', 'PRED_COLOR', 'link_labels', 'write_rescu
            'resize_mask', 'ResizeTo', 'AddEdgeWeights', 'rescunet_block', 'rescunet_dls', 'conv_block', 'plain_stages',
            'resnet_stages', 'stage_shapes', 'mask_stages', 'identity_merge', 'UpBlock', 'ReSCUNet', 'rescunet_splitter',
            'rescunet_learner', 'rescunet_train', 'show_batch', 'show_results', 'SubimageModel', 'keep_best_component',
-           'rescunet_predict', 'propagate_labels', 'propagate', 'show_propagation', 'save_propagation_gif',
-           'rescunet_predict_folder', 'rescunet_evaluate']
+           'subimage_side', 'rescunet_predict', 'propagate_labels', 'propagate', 'show_propagation',
+           'save_propagation_gif', 'rescunet_predict_folder', 'rescunet_evaluate']
 
 # %% ../nbs/21_rescunet.ipynb #8d1f185f
 def link_labels(labels, # (T,H,W) per-frame instance labels, 0 = background
@@ -263,7 +263,7 @@ def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
                  num_workers:int=0, # DataLoader worker processes
                  **kwargs
                 ):
-    "`DataLoaders` for ReSCU-Net training from a folder of sample folders; `dls.sample_size` is the samples' (H,W)."
+    "`DataLoaders` for ReSCU-Net training from a folder of sample folders; `dls.sample_size` is the samples' (H,W), `dls.object_fraction` their objects' share of it."
     samples = rescunet_items(root, check=False)
     sizes = {_check_sample(s) for s in samples}
     if size is None and len(sizes)>1:
@@ -271,6 +271,7 @@ def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
                          'pass size= (e.g. size=64) to resize every sample to the network input size')
     dls = rescunet_block(loading_codes, size, augment, valid_pct=valid_pct, seed=seed, **kwargs).dataloaders(samples, bs=bs, num_workers=num_workers)
     dls.sample_size = sizes.pop() if len(sizes)==1 else None
+    dls.object_fraction = float(np.median([read_binary_mask(prev_mask_file(s)).mean() for s in dls.train.items]))
     return dls
 
 # %% ../nbs/21_rescunet.ipynb #61a6f1b2
@@ -355,13 +356,15 @@ class ReSCUNet(nn.Module):
         width:int=64, # filters of the plain encoder's first stage (64 in the seed; 8-16 are quick on a CPU)
         pretrained:bool=True, # ImageNet weights for a ResNet encoder
         input_size=None, # (h, w) the network is trained at; `rescunet_predict` scales sub-images to it
-        sample_size=None, # (h, w) of the training samples; `rescunet_predict`'s default sub-image size
+        sample_size=None, # (h, w) of the training samples; `rescunet_predict`'s sub-image size when `object_fraction` is None
+        object_fraction=None, # median share of a training sample's area covered by the previous mask; `rescunet_predict` sizes sub-images to keep it
     ):
         super().__init__()
         if not 0<=concat_level<=4:
             raise ValueRangeError('ReSCUNet', f'concat_level={concat_level}', 'an integer 0-4', 'pass concat_level between 0 and 4 (1 suits most data)')
         self.concat_level, self.encoder_name = concat_level, 'plain' if encoder=='plain' else encoder.__name__
         self.input_size, self.sample_size = [None if s is None else _size2(s) for s in (input_size, sample_size)]
+        self.object_fraction = object_fraction
         n_first = n_in + (concat_level==0)
         self.image_stages = plain_stages(n_first, width) if encoder=='plain' else resnet_stages(n_first, encoder, pretrained)
         shapes = stage_shapes(self.image_stages, n_first)
@@ -413,7 +416,8 @@ def rescunet_learner(dls, # `DataLoaders` from `rescunet_dls`
     img = dls.one_batch()[0]
     size = tuple(img.shape[-2:])
     _check_size(size, 16 if encoder=='plain' else 32, 'plain' if encoder=='plain' else encoder.__name__)
-    model = ReSCUNet(img.shape[1], 2, concat_level, encoder, width, pretrained, input_size=size, sample_size=getattr(dls, 'sample_size', None))
+    model = ReSCUNet(img.shape[1], 2, concat_level, encoder, width, pretrained, input_size=size,
+                     sample_size=getattr(dls, 'sample_size', None), object_fraction=getattr(dls, 'object_fraction', None))
     learn = Learner(dls, model, loss_func=loss_func or MaskedLoss(), metrics=[IoUMetric()] if metrics is None else metrics,
                     splitter=rescunet_splitter, **kwargs)
     if pretrained and encoder!='plain': learn.freeze()
@@ -499,11 +503,21 @@ def _check_mask(mask:np.ndarray, shape:tuple, what:str):
                          'pass the mask drawn on this video (same height and width)')
     if not mask.any(): raise EmptyDataError(what, 'an empty mask', 'the object to follow', 'draw the object in the mask')
 
+# %% ../nbs/21_rescunet.ipynb #e1b78d3b
+def subimage_side(model:ReSCUNet, # a trained `ReSCUNet`
+                  prev:np.ndarray, # (H,W) bool previous mask
+                 ) -> int:
+    "Side of the sub-image in which `prev` covers the share of area objects covered in the training samples (their side without it)."
+    frac = getattr(model, 'object_fraction', None)
+    if not frac: return min(model.sample_size or model.input_size)
+    return max(16, round(np.sqrt(prev.sum()/frac)))
+
+
 # %% ../nbs/21_rescunet.ipynb #9ee0a463
 def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
                      image, # (H,W) or (C,H,W) frame, raw intensities (normalised here like the training samples)
                      prev_mask, # (H,W) binary mask of the object in the previous frame
-                     subimage_size:int|None=None, # side of the square sub-images scaled to the network size; default: the training samples' size
+                     subimage_size:int|None=None, # side of the square sub-images scaled to the network size; default: `subimage_side`
                      step:int|None=None, # largest distance between neighbouring sub-images; default: half a sub-image
                      margin:int=8, # pixels around the previous mask's bounding box that the region holds at least
                      erosion_width:int=0, # radius of the disk of the opening (erosion, then dilation) of the thresholded mask
@@ -518,7 +532,7 @@ def rescunet_predict(learn:Learner, # a trained ReSCU-Net learner
     net = model.input_size or model.sample_size
     if net is None: raise ValueRangeError('rescunet_predict', 'a model without input_size', 'a ReSCUNet made by rescunet_learner',
                                           'build the learner with rescunet_learner, or set learn.model.input_size = (h, w)')
-    tile = subimage_size or min(model.sample_size or net)
+    tile = subimage_size or subimage_side(model, prev)
     win = _window(_bbox(prev), prev.shape, tile, margin)
     x = np.concatenate([channel_loader(learn.dls).encodes(img[(slice(None), *win)]), prev[win][None]])
     step = step or tile//2
