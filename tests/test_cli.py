@@ -42,6 +42,10 @@ def test_train_predict_evaluate_every_workflow(data, capsys):
     assert len(list((d/'pred'/'cellseg'/'masks').glob('*.tif'))) == 8
     assert len(pd.read_csv(d/'pred'/'spines'/'counts.csv')) == 3
     assert list((d/'pred'/'spots'/'bursts').glob('*.csv'))
+    main(['predict', str(d/'models'/'spines.pkl'), str(data['inputs']['spines']), str(d/'figs'), '--figures'])
+    assert len(list((d/'figs').glob('*.png'))) == 3
+    with pytest.raises(SystemExit) as e: main(['predict', str(d/'models'/'cellseg.pkl'), str(data['inputs']['cellseg']), str(d/'no'), '--steps', '2'])
+    assert e.value.code == 2 and '--steps' in capsys.readouterr().err   # an option of another workflow's prediction
     from fastai.learner import load_learner
     assert load_learner(d/'models'/'spines.pkl').counter.threshold > 0   # the tuned counter travels with the model
     # item 5: export, then load_learner in a fresh process, gives identical predictions
