@@ -167,7 +167,10 @@ def write_tiff(fn:str|Path, # where to write; parent folders are created
     x = _to_tcyx(x, axes.upper() if axes else _default_axes(x.shape), f'the array written to {fn}', 'as given by axes=' if axes else 'assumed from its shape')
     kept = ''.join(a for a,n in zip('TC', x.shape) if n>1) + 'YX'
     x = x.reshape([n for a,n in zip('TCYX', x.shape) if a in kept])
-    with atomic_write(fn) as tmp: tifffile.imwrite(tmp, x, imagej=x.dtype in _IMAGEJ_DTYPES, ome=x.dtype in _OME_DTYPES, metadata={'axes': kept})
+    imagej = x.dtype in _IMAGEJ_DTYPES and x.shape[-1]>1   # tifffile misreads ImageJ stacks one pixel wide
+    ome = not imagej and x.dtype in _IMAGEJ_DTYPES|_OME_DTYPES
+    with atomic_write(fn) as tmp:   # minisblack: a last axis of 3 or 4 is X, not RGB samples
+        tifffile.imwrite(tmp, x, imagej=imagej, ome=ome, photometric='minisblack', metadata={'axes': kept})
     return fn
 
 # %% ../nbs/02_io.ipynb #6413665c

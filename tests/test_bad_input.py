@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, tifffile
 from hypothesis import given, settings, strategies as st, HealthCheck
 from biofastai.core import BioDataError
-from biofastai.io import read_stack, read_image, read_mask, write_tiff, read_table
+from biofastai.io import read_stack, read_image, read_mask, write_tiff, read_table, _to_tcyx, _default_axes
 from biofastai.channels import load_channels, resolve_codes, RecipeBook, Merge, LoadChannels
 from biofastai.cellseg import cellseg_dls
 from biofastai.rescunet import rescunet_items
@@ -334,6 +334,16 @@ def test_fuzz_shapes_and_dtypes(tmp_path_factory, shape, dtype, reader, special)
     if out is not None:
         assert out.ndim == {read_stack: 4, read_image: 3}.get(reader, out.ndim) and out.size == x.size
         if out.dtype.kind == 'f': assert np.isfinite(out).all()
+
+WRITABLE = ('uint8', 'uint16', 'int8', 'int16', 'int32', 'uint32', 'int64', 'float32', 'float64', 'bool')
+@fuzz
+@given(shape=st.lists(st.integers(1, 6), min_size=2, max_size=4), dtype=st.sampled_from(WRITABLE), seed=st.integers(0, 9))
+def test_fuzz_write_read_round_trip(tmp_path_factory, shape, dtype, seed):
+    "`write_tiff` of any (H,W), (T,H,W) or (T,C,H,W) array, however small, reads back exactly, data type included."
+    x = (np.random.default_rng(seed).random(shape)*50).astype(dtype)
+    back = read_stack(write_tiff(tmp_path_factory.mktemp('fuzz')/'a.tif', x))
+    assert back.dtype == x.dtype
+    np.testing.assert_array_equal(back, _to_tcyx(x, _default_axes(x.shape), '', ''))   # (T,C,H,W) by the documented axes rules
 
 # ---- atomic outputs ------------------------------------------------------------------------------------------------------
 WRITER = textwrap.dedent('''
