@@ -70,6 +70,7 @@ def _read_tiff(fn:Path) -> tuple[np.ndarray, str]:
     try:
         with tifffile.TiffFile(fn) as tif:
             series = tif.series
+            if not series: raise ValueError('no image in the file (a write or copy that stopped part way)')
             if len(series)>1: raise ShapeError(fn, f'{len(series)} image series of shapes {[s.shape for s in series]}', 'one image series per file',
                                                'save each series (stage position, or set of same-sized pages) as its own file')
             x = series[0].asarray()

@@ -350,10 +350,10 @@ WRITER = textwrap.dedent('''
     import sys, numpy as np, tifffile
     fn, atomic = sys.argv[1], sys.argv[2] == 'atomic'
     if atomic: from biofastai.io import write_tiff
-    x = np.zeros((4, 2048, 2048), np.uint16)
+    xs = [np.full((4, 2048, 2048), k, np.uint16) for k in (1, 2)]   # made once: the loop does nothing but write
     write = (lambda a: write_tiff(fn, a)) if atomic else (lambda a: tifffile.imwrite(fn, a, imagej=True, metadata={'axes': 'TYX'}))
-    write(x + 1); print('ready', flush=True)
-    for k in range(2, 10**6): write(x + k)
+    write(xs[0]); print('ready', flush=True)
+    for k in range(10**6): write(xs[k % 2])
 ''')
 
 def _kill_while_writing(tmp_path:Path, atomic:bool, delays) -> list:
