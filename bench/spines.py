@@ -30,8 +30,11 @@ from fastai.torch_core import set_seed
 from biofastai.synth import synth_dendrites
 from biofastai.spines import read_spines, spines_dls, spines_learner, scan, scan_patchwise, scanner_from, tune_counter, tune_log, spines_evaluate
 
+def sync():
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+
 def timed(f):
-    t0 = time.perf_counter(); out = f(); return time.perf_counter()-t0, out
+    sync(); t0 = time.perf_counter(); out = f(); sync(); return time.perf_counter()-t0, out
 
 def scan_flops(sc, im) -> int:
     "Floating-point operations of `scan(sc, im)`: 2 per multiply-add of every convolution and linear layer it runs."
@@ -97,8 +100,10 @@ def main():
     fmt, bs = min(setups, key=setups.get)
     print(f'patch loop time on a 48-row strip by layout and batch size: { {k: round(t, 2) for k,t in setups.items()} }')
     flops = scan_flops(sc, im)   # also the warm-up
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024); a @ b
-    cx, cw = [torch.randn(*s).contiguous(memory_format=torch.channels_last) for s in ((1, 64, 128, 128), (64, 64, 3, 3))]; conv_gflops(cx, cw)
+    dev = next(sc.parameters()).device   # the peak of the device the scanner runs on
+    a, b = torch.randn(1024, 1024, device=dev), torch.randn(1024, 1024, device=dev); a @ b
+    cx, cw = [torch.randn(*s, device=dev).contiguous(memory_format=torch.channels_last) for s in ((1, 64, 128, 128), (64, 64, 3, 3))]
+    conv_gflops(cx, cw)
     t_scan, t_loop, mm, cv = [], [], [], []
     for _ in range(args.repeats):
         t, fast = timed(lambda: scan(sc, im)); t_scan.append(t)
