@@ -14,7 +14,6 @@ import fastprogress.fastprogress as fp
 from fastcore.docments import docments
 from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner, load_learner
-from fastai.torch_core import defaults
 from .core import BioDataError, MissingFileError, ValueRangeError
 from .synth import SYNTH_DATASETS, synth_all
 from .compare import LossHistory, _history, compare_models, plot_comparison, plot_losses
@@ -121,14 +120,6 @@ def log_progress(stream=None # where the output goes; None: `sys.stdout`
         for k,v in saved.items(): setattr(cls, k, v)
 
 # %% ../nbs/40_cli.ipynb #1187a852
-@contextmanager
-def _default_callbacks(cbs:list):
-    "Add `cbs` to fastai's default callbacks for the time of the context."
-    saved = defaults.callbacks
-    defaults.callbacks = list(saved) + list(cbs)
-    try: yield
-    finally: defaults.callbacks = saved
-
 def train_learner(workflow:str, # a key of `WORKFLOWS`
                   experiment:dict, # name, epochs and the workflow's experiment keys
                   source, # training data in the workflow's layout
@@ -136,10 +127,7 @@ def train_learner(workflow:str, # a key of `WORKFLOWS`
                   cbs=None # callbacks of the learner
                  ) -> Learner:
     "Train one `experiment` of `workflow` with `<wf>_train`, the learner remembering its workflow."
-    train, options, cbs = workflow_fn(workflow, 'train'), options or {}, list(cbs or [])
-    if 'cbs' in inspect.signature(train).parameters: learn = train(experiment, source, cbs=cbs, **options)
-    else:
-        with _default_callbacks(cbs): learn = train(experiment, source, **options)
+    learn = workflow_fn(workflow, 'train')(experiment, source, cbs=list(cbs or []), **(options or {}))
     learn.workflow = workflow
     return learn
 

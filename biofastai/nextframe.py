@@ -25,7 +25,7 @@ from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.progress  # Learner.fit_one_cycle, progress bars
 from plum import dispatch
 from .core import *
-from .io import read_stack, write_tiff, image_files
+from .io import read_stack, read_table, write_tiff, image_files
 from .sequences import SequenceBlock, SeqDihedral
 from .losses import MaskedLoss
 from .metrics import instance_iou
@@ -64,7 +64,7 @@ def read_sequence(seq, # a file (read with `read_stack`) or an array/tensor (T,C
 def _from_folder(root:Path) -> pd.DataFrame:
     "The sequences of a folder: `sequences.csv` (column `file`, relative to the folder) or the stacks themselves."
     if (root/'sequences.csv').is_file():
-        df = pd.read_csv(root/'sequences.csv')
+        df = read_table(root/'sequences.csv')
         if 'file' not in df: raise ValueRangeError(root/'sequences.csv', f'columns {list(df.columns)}', "a column 'file' with one sequence file per row",
                                                    'name the column of file paths (relative to the folder) file')
         return df.assign(sequence=[root/f for f in df.pop('file')])

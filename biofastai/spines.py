@@ -26,7 +26,7 @@ from fastai.callback.schedule import fit_one_cycle, lr_find  # patch them onto `
 from fastai.metrics import accuracy
 from .core import (ShapeError, EmptyDataError, ValueRangeError, MissingFileError, as_rng, inference_model,
                             composite, as_chw, experiment_params, maybe_progress, TensorMultiChannel)
-from .io import read_image, read_mask, normalize_percentile, image_files
+from .io import read_image, read_mask, read_table, normalize_percentile, image_files
 from .metrics import count_error, match_spots
 
 # %% auto #0
@@ -58,7 +58,7 @@ def spines_points(ann, # DataFrame or CSV with columns y, x; (N,2) array; point 
     h, w = shape[-2:]
     if isinstance(ann, (str, Path)):
         source = source or ann
-        ann = pd.read_csv(ann) if Path(ann).suffix.lower()=='.csv' else read_mask(ann)
+        ann = read_table(ann, numeric=('y', 'x')) if Path(ann).suffix.lower()=='.csv' else read_mask(ann)
     source = source or 'spine annotations'
     if isinstance(ann, pd.DataFrame): pts = _table_points(ann, source)
     else:

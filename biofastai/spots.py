@@ -30,7 +30,7 @@ from fastprogress.fastprogress import progress_bar
 from plum import dispatch
 from .core import (BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError,
                             as_rng, inference_model, composite, experiment_params, TensorSequence, TensorWeights)
-from .io import read_stack, read_mask, normalize_percentile, write_tiff
+from .io import read_stack, read_mask, read_table, normalize_percentile, write_tiff
 from .losses import MaskedLoss
 from .metrics import match_spots, _assign
 from .sequences import backprop_windows, reassemble, SeqDihedral, SeqAffine
@@ -77,7 +77,7 @@ def _read_folder(folder:Path) -> dict:
     out = dict(image=stack[:,0])
     for role in ('labels', 'spot_mask', 'cell_mask'):
         if f[role].exists(): out[role] = read_mask(f[role])
-    if f['spots'].exists(): out['spots'] = pd.read_csv(f['spots'])
+    if f['spots'].exists(): out['spots'] = read_table(f['spots'], numeric=('frame', 'y', 'x'))
     return out
 
 # %% ../nbs/22_spots.ipynb #f0ff145d
