@@ -40,7 +40,7 @@ __all__ = ['SERIES_FILES', 'MAT_KEYS', 'ARCH_PATHS', 'SPOT_COLUMNS', 'read_spot_
            'SeriesDataLoader', 'spots_dls', 'show_batch', 'show_results', 'SpotCell', 'SpotNet', 'SeriesResetter',
            'SpotF1', 'spots_learner', 'checkpoints', 'spots_fit', 'find_spots', 'link_spots', 'spot_bursts',
            'plot_bursts', 'spot_probabilities', 'spots_predict', 'spots_predict_folder', 'log_spots', 'score_spots',
-           'tune_log', 'tune_threshold', 'spots_evaluate', 'spots_train']
+           'tune_log_spots', 'tune_threshold', 'spots_evaluate', 'spots_train']
 
 # %% ../nbs/22_spots.ipynb #04381980
 SERIES_FILES = dict(image='image.tif', labels='labels.tif', spot_mask='spot_mask.tif', cell_mask='cell_mask.tif', spots='spots.csv')
@@ -667,7 +667,7 @@ def score_spots(pred:pd.DataFrame, # predicted spots: frame, y, x
                       tail_recall=tail_tp/n_tail if n_tail else np.nan, n_tail=n_tail)
 
 # %% ../nbs/22_spots.ipynb #e01ac1a7
-def tune_log(series:list, # training series (paths or dicts from `read_spot_series`)
+def tune_log_spots(series:list, # training series (paths or dicts from `read_spot_series`)
              normalize:tuple|None=(1., 99.8), # the normalisation of the model it is compared with
              thresholds=tuple(np.round(np.geomspace(0.01, 1., 40), 4)), # thresholds tried
              radius:float=3., # largest distance of a match
@@ -702,7 +702,7 @@ def _training_series(learn, what:str) -> list:
     items = getattr(learn.dls, 'items', None)
     if items is None or not (~items.is_valid).any():
         raise MissingFileError('learn.dls', 'no training series (an exported learner keeps none)', f'training series to tune {what} on',
-                               f'pass {what}= (e.g. from tune_log or tune_threshold on the training series)')
+                               f'pass {what}= (e.g. from tune_log_spots or tune_threshold on the training series)')
     return list(items.series[~items.is_valid])
 
 def spots_evaluate(learn, # a trained spot learner
@@ -714,7 +714,7 @@ def spots_evaluate(learn, # a trained spot learner
                   ) -> pd.DataFrame:
     "Per series: spot precision, recall, F1 and tail F1 of the model, beside a LoG detector; both thresholds tuned on the same training series."
     if threshold is None: threshold = tune_threshold(learn, _training_series(learn, 'threshold'), radius=radius)[0]
-    if log_threshold is None: log_threshold = tune_log(_training_series(learn, 'log_threshold'), learn.model.normalize, radius=radius)[0]
+    if log_threshold is None: log_threshold = tune_log_spots(_training_series(learn, 'log_threshold'), learn.model.normalize, radius=radius)[0]
     items = getattr(learn.dls, 'items', None)
     paths = list(items.series[items.is_valid]) if source is None else _series_sources(source)
     rows = []
