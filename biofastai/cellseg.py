@@ -247,12 +247,12 @@ def make_subimages(images, # folder of fields of view, or a list of image files
 
 # %% ../nbs/20_cellseg.ipynb #3c342f4f
 def _arch(arch):
-    "A model constructor from a name such as 'resnet34', or `arch` itself."
+    "A model constructor from a torchvision name such as 'resnet34', a fastai xresnet name such as 'xresnet18', or `arch` itself."
     if callable(arch): return arch
-    fn = getattr(models, str(arch), None)
+    fn = getattr(models, str(arch), None) or getattr(models.xresnet, str(arch), None)
     if not callable(fn) or isinstance(fn, type):
-        raise ValueRangeError('arch', repr(arch), 'a torchvision model name such as resnet18, resnet34 or resnet50, or a model function',
-                              "pass arch='resnet34' (the seed's), or a function that builds an encoder")
+        raise ValueRangeError('arch', repr(arch), 'a torchvision model name such as resnet18, resnet34 or resnet50, a fastai xresnet such as xresnet18, or a model function',
+                              "pass arch='resnet34' (the seed's, pretrained), or arch='xresnet18' to train from scratch quickly on a CPU")
     return fn
 
 # %% ../nbs/20_cellseg.ipynb #11870b96
