@@ -90,7 +90,9 @@ def _codes(source, codes=None) -> list:
     if codes is not None: return list(codes)
     fn = None if isinstance(source, pd.DataFrame) else Path(source)/'codes.txt'
     if fn is None or not fn.is_file(): return list(DEFAULT_CODES)
-    codes = [l.strip() for l in fn.read_text().splitlines() if l.strip()]
+    try: codes = [l.strip() for l in fn.read_text().splitlines() if l.strip()]
+    except UnicodeDecodeError: raise CorruptFileError(fn, 'bytes that are not text', 'a text file of class names, one per line',
+                                                      'write it with a text editor: Background, then Cell, one per line') from None
     if len(codes)<2: raise ValueRangeError(fn, f'{len(codes)} class name(s)', 'at least two, background first',
                                            'write one class name per line, e.g. Background and Cell')
     return codes

@@ -252,21 +252,17 @@ TABLE = {
 TABLES = dict(read_stack=_io(read_stack), read_image=_io(read_image), read_mask=_io(read_mask), read_table=TABLE, cellseg=CELLSEG, rescunet=RESCUNET,
               spines=SPINES, spots=SPOTS, nextframe=NEXTFRAME, channels=CHANNELS)
 
-# Annotation tables read through `io.read_table`: an unreadable file or text among the coordinates is a clear error.
-TABLE_FILES = {
+# Text files (annotation tables through `io.read_table`, class names) that cannot be read, or hold text among the coordinates.
+TEXT_FILES = {
     'spines-empty-annotation-csv': _spines('d0.csv', **{'spines/d0.csv': zero_bytes}),
     'spines-text-coordinates': _spines('d0.csv', **{'spines/d0.csv': lambda fn: fn.write_text('y,x\nabc,3\n')}),
     'spots-binary-spots-csv': _spots('spots.csv', **{'series_0/labels.tif': None, 'series_0/spots.csv': garbage}),
     'spots-text-coordinates': _spots('spots.csv', **{'series_0/labels.tif': None, 'series_0/spots.csv': lambda fn: fn.write_text('frame,y,x\n0,abc,3\n')}),
     'nextframe-empty-sequences-csv': _nextframe('sequences.csv', **{'sequences.csv': zero_bytes}),
-}
-# Loaders that still read text files themselves and let Python's own error through, with the fix as the reason.
-# Expected to fail until fixed; XPASS then says the marker can go.
-GAPS = {
-    'cellseg-binary-codes-txt': (_cellseg('codes.txt', **{'codes.txt': garbage}), "cellseg._codes: a UnicodeDecodeError from fn.read_text() -> CorruptFileError naming codes.txt"),
+    'cellseg-binary-codes-txt': _cellseg('codes.txt', **{'codes.txt': garbage}),
 }
 CASES = [pytest.param(build, id=f'{loader}-{name}') for loader, table in TABLES.items() for name, build in table.items()
-        ] + [pytest.param(build, id=name) for name, build in TABLE_FILES.items()] + [pytest.param(build, id=name, marks=pytest.mark.xfail(reason=fix, strict=False)) for name, (build, fix) in GAPS.items()]
+        ] + [pytest.param(build, id=name) for name, build in TEXT_FILES.items()]
 
 def test_tables_are_large():
     "At least 15 bad inputs for the readers and the channel codes, and more than 10 per workflow loader."
