@@ -70,16 +70,21 @@ def _io(reader):
         cases['probability-mask'] = lambda t: (lambda fn: (lambda: read_mask(fn), 'prob.tif'))(write_tiff(t/'prob.tif', np.full((16, 16), 0.7, np.float32)))
     return cases
 
+def _edit(root, edit:dict, axes=lambda v: None):
+    "Change the good dataset at `root`: per relative path, None deletes, a DataFrame is written as CSV, a callable edits the file, an array is written as TIFF."
+    for rel, v in edit.items():
+        fn = root/rel
+        if v is None: fn.unlink()
+        elif isinstance(v, pd.DataFrame): v.to_csv(fn, index=False)
+        elif callable(v): v(fn)
+        else: write_tiff(fn, v, axes=axes(v))
+    return root
+
 def cellseg_root(t, n=3, **edit):
     "A cellseg folder (images/, masks/) of `n` good samples, then `edit` (name -> array or builder) applied."
     for i in range(n):
         write_tiff(t/'data'/'images'/f's{i}.tif', img(seed=i, c=2), axes='CYX'); write_tiff(t/'data'/'masks'/f's{i}.tif', mask())
-    for rel, v in edit.items():
-        fn = t/'data'/rel
-        if v is None: fn.unlink()
-        elif callable(v): v(fn)
-        else: write_tiff(fn, v, axes='CYX' if v.ndim==3 else None)
-    return t/'data'
+    return _edit(t/'data', edit, lambda v: 'CYX' if v.ndim==3 else None)
 
 def _cellseg(culprit, codes=(0,), **edit):
     return lambda t: (lambda root: (lambda: cellseg_dls(root, loading_codes=list(codes), bs=2), culprit))(cellseg_root(t, **edit))
@@ -108,12 +113,7 @@ def rescunet_root(t, n=2, **edit):
     for i in range(n):
         s = t/'data'/f'obj{i}'
         write_tiff(s/'image'/'f.tif', img(seed=i)); write_tiff(s/'mask'/'f.tif', mask()); write_tiff(s/'prev_mask'/'f.tif', mask())
-    for rel, v in edit.items():
-        fn = t/'data'/rel
-        if v is None: fn.unlink()
-        elif callable(v): v(fn)
-        else: write_tiff(fn, v)
-    return t/'data'
+    return _edit(t/'data', edit)
 
 def _rescunet(culprit, n=2, **edit): return lambda t: (lambda root: (lambda: rescunet_items(root), culprit))(rescunet_root(t, n, **edit))
 
@@ -136,13 +136,7 @@ def spines_root(t, n=2, rows=None, **edit):
     for i in range(n):
         write_tiff(t/'data'/'images'/f'd{i}.tif', img(48, 48, seed=i)); (t/'data'/'spines').mkdir(parents=True, exist_ok=True)
         pd.DataFrame(dict(y=[10., 30.], x=[12., 40.])).to_csv(t/'data'/'spines'/f'd{i}.csv', index=False)
-    for rel, v in edit.items():
-        fn = t/'data'/rel
-        if v is None: fn.unlink()
-        elif isinstance(v, pd.DataFrame): v.to_csv(fn, index=False)
-        elif callable(v): v(fn)
-        else: write_tiff(fn, v)
-    return t/'data'
+    return _edit(t/'data', edit)
 
 def _spines(culprit, reader=read_spines, **edit): return lambda t: (lambda root: (lambda: reader(root), culprit))(spines_root(t, **edit))
 
@@ -166,13 +160,7 @@ def spots_root(t, n=2, n_frames=6, **edit):
         s = t/'data'/f'series_{i}'
         lab = np.zeros((n_frames, 32, 32), np.uint8); lab[:, 10:13, 10:13] = 1
         write_tiff(s/'image.tif', np.stack([img(seed=f) for f in range(n_frames)])); write_tiff(s/'labels.tif', lab)
-    for rel, v in edit.items():
-        fn = t/'data'/rel
-        if v is None: fn.unlink()
-        elif isinstance(v, pd.DataFrame): v.to_csv(fn, index=False)
-        elif callable(v): v(fn)
-        else: write_tiff(fn, v)
-    return t/'data'
+    return _edit(t/'data', edit)
 
 def _spots(culprit, **edit): return lambda t: (lambda root: (lambda: spots_items(root), culprit))(spots_root(t, **edit))
 
@@ -193,12 +181,7 @@ SPOTS = {
 def nextframe_root(t, n=2, **edit):
     "A folder of `n` good sequence stacks (T,H,W), then `edit`."
     for i in range(n): write_tiff(t/'data'/f'cell_{i}.tif', np.stack([img(seed=f) for f in range(5)]), axes='TYX')
-    for rel, v in edit.items():
-        fn = t/'data'/rel
-        if v is None: fn.unlink()
-        elif callable(v): v(fn)
-        else: write_tiff(fn, v, axes='TYX' if v.ndim==3 else 'TCYX')
-    return t/'data'
+    return _edit(t/'data', edit, lambda v: 'TYX' if v.ndim==3 else 'TCYX')
 
 def _nextframe(culprit, **edit): return lambda t: (lambda root: (lambda: nextframe_items(root), culprit))(nextframe_root(t, **edit))
 
