@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr
+from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelEpochException
 from fastai.learner import Recorder
 from fastai.callback.progress import ProgressCallback
@@ -17,7 +18,7 @@ from fastai.torch_core import get_model
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint']
+__all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint', 'checkpointed']
 
 # %% ../nbs/12_callbacks.ipynb #3efc5d3b
 def atomic_save(obj, # anything `torch.save` can write
@@ -93,3 +94,12 @@ class Checkpoint(Callback):
 
     def after_fit(self):
         if self.pending is not None: self._restore()   # the checkpoint was this fit's last epoch
+
+# %% ../nbs/12_callbacks.ipynb #229ca329
+def checkpointed(cbs, # the callbacks a train function was given
+                 name:str, # the experiment's name, which names the file
+                 checkpoint=None, # checkpoint file; default `checkpoints/{name}.pth` under the learner's path
+                 resume:bool=False, # continue from the checkpoint if it exists
+                ) -> L:
+    "`cbs` and a `Checkpoint` for the experiment `name`: what every `<wf>_train` passes to its learner."
+    return L(cbs) + Checkpoint(checkpoint or Path('checkpoints')/f'{name}.pth', resume=resume)
