@@ -1,4 +1,4 @@
-"""Network parts the workflows share: the convolutional LSTM cell and multi-layer ConvLSTM stacks.
+"""Network parts the workflows share: the convolutional LSTM cell and multi-layer ConvLSTM stacks, and the U-Net's encoder stages, decoder blocks and merges.
 
 Docs: https://biofastai.github.io/biofastai/layers.html.md"""
 
@@ -9,11 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from fastcore.basics import listify
+from torchvision.models import resnet34
 from fastai.torch_core import Module
+from fastai.layers import ConvLayer, PixelShuffle_ICNR, NormType
+from fastai.vision.learner import _update_first_layer
 from .core import ShapeError, ValueRangeError
 
 # %% auto #0
-__all__ = ['ConvLSTMCell', 'ConvLSTM']
+__all__ = ['ConvLSTMCell', 'ConvLSTM', 'conv_block', 'plain_stages', 'resnet_stages', 'stage_shapes', 'UpBlock', 'identity_merge']
 
 # %% ../nbs/13_layers.ipynb #66692d7c
 class ConvLSTMCell(Module):
@@ -88,3 +91,61 @@ class ConvLSTM(Module):
             finals.append(s)
         if self.stateful: self.state = [(h.detach(), c.detach()) for h,c in finals]
         return (x if self.return_all else x[:, -1]), finals
+
+# %% ../nbs/13_layers.ipynb #8f84c7fe
+def conv_block(ni:int, # input channels
+               nf:int, # output channels
+              ) -> nn.Sequential:
+    "Two 3x3 conv-BatchNorm-ReLU layers: the U-Net's unit."
+    return nn.Sequential(ConvLayer(ni, nf), ConvLayer(nf, nf))
+
+# %% ../nbs/13_layers.ipynb #ea705933
+def plain_stages(n_in:int, # input channels
+                 width:int=64, # filters of the first stage (the original U-Net: 64, so 64 ... 1024)
+                 depth:int=5, # stages; each after the first halves the resolution
+                ) -> nn.ModuleList:
+    "The original U-Net's encoder: `depth` conv blocks of `width*2**i` filters, each after the first preceded by 2x max-pooling."
+    return nn.ModuleList([conv_block(n_in, width)] +
+                         [nn.Sequential(nn.MaxPool2d(2), conv_block(width*2**(i-1), width*2**i)) for i in range(1, depth)])
+
+# %% ../nbs/13_layers.ipynb #83e1c70c
+def resnet_stages(n_in:int, # input channels
+                  arch=resnet34, # a torchvision ResNet constructor
+                  pretrained:bool=True, # load ImageNet weights
+                 ) -> nn.ModuleList:
+    "A torchvision ResNet as 5 encoder stages at 1/2 ... 1/32 resolution, its first conv adapted to `n_in` channels as fastai does."
+    r = arch(weights='DEFAULT' if pretrained else None)
+    if n_in!=3: _update_first_layer(r, n_in, pretrained)   # fastai's rule, as in `unet_learner`
+    return nn.ModuleList([nn.Sequential(r.conv1, r.bn1, r.relu), nn.Sequential(r.maxpool, r.layer1), r.layer2, r.layer3, r.layer4])
+
+# %% ../nbs/13_layers.ipynb #12262825
+def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
+                 n_in:int, # input channels
+                 size:int=64, # side of the square test input
+                ) -> list[tuple[int, int]]:
+    "(channels, stride) of each stage's output."
+    x, out = torch.zeros(1, n_in, size, size), []
+    with torch.no_grad():
+        for s in stages: x = s(x); out.append((x.shape[1], size//x.shape[-1]))
+    return out
+
+# %% ../nbs/13_layers.ipynb #043ee56d
+class UpBlock(nn.Module):
+    "Upsample by 2 (ICNR pixel shuffle), concatenate the skip connection, then a conv block."
+    def __init__(self,
+        c_up:int, # channels of the input from the stage below
+        c_skip:int, # channels of the skip connection, and of the output
+    ):
+        super().__init__()
+        self.shuf = PixelShuffle_ICNR(c_up, c_up//2, norm_type=NormType.Batch)
+        self.conv = conv_block(c_up//2 + c_skip, c_skip)
+    def forward(self, x, skip): return self.conv(torch.cat([self.shuf(x), skip], 1))
+
+# %% ../nbs/13_layers.ipynb #fead22d5
+def identity_merge(c:int # channels of each branch, and of the output
+                  ) -> nn.Conv2d:
+    "A 1x1 conv from 2`c` to `c` channels that starts by passing the first `c` (the first branch) through unchanged."
+    conv = nn.Conv2d(2*c, c, 1)
+    with torch.no_grad():
+        conv.weight.zero_(); conv.weight[:, :c, 0, 0] = torch.eye(c); conv.bias.zero_()
+    return conv

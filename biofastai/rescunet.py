@@ -13,7 +13,6 @@ from typing import Tuple
 import numpy as np, pandas as pd, torch, torch.nn.functional as F, matplotlib.pyplot as plt, imageio.v3 as iio
 from torch import nn
 from torchvision import models
-from torchvision.models import resnet34
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk
@@ -21,13 +20,12 @@ from fasttransform import Transform, ItemTransform
 from fastcore.meta import delegates
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorMask, show_image, params, set_seed
-from fastai.layers import ConvLayer, PixelShuffle_ICNR, NormType
+from fastai.layers import PixelShuffle_ICNR, NormType
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter
 from fastai.vision.augment import Dihedral
 from fastai.vision.data import get_grid
 from fastai.learner import Learner
-from fastai.vision.learner import _update_first_layer
 import fastai.callback.schedule  # fit_one_cycle, fine_tune
 from plum import dispatch
 from .core import *
@@ -36,15 +34,15 @@ from .channels import MultiChannelBlock, channel_loader
 from .tiles import predict_tiled
 from .losses import edge_weight_map, MaskedLoss
 from .metrics import instance_iou, iou, IoUMetric
+from .layers import conv_block, plain_stages, resnet_stages, stage_shapes, identity_merge, UpBlock
 
 # %% auto #0
 __all__ = ['PREV_COLOR', 'MASK_COLOR', 'PRED_COLOR', 'link_labels', 'write_rescunet_samples', 'image_file', 'mask_file',
            'prev_mask_file', 'binary_mask', 'read_binary_mask', 'rescunet_items', 'TensorPrevMask', 'BinaryMaskBlock',
-           'resize_mask', 'ResizeTo', 'AddEdgeWeights', 'rescunet_block', 'rescunet_dls', 'conv_block', 'plain_stages',
-           'resnet_stages', 'stage_shapes', 'mask_stages', 'identity_merge', 'UpBlock', 'ReSCUNet', 'rescunet_splitter',
-           'rescunet_learner', 'rescunet_train', 'show_batch', 'show_results', 'SubimageModel', 'keep_best_component',
-           'subimage_side', 'rescunet_predict', 'propagate_labels', 'propagate', 'show_propagation',
-           'save_propagation_gif', 'rescunet_predict_folder', 'rescunet_evaluate']
+           'resize_mask', 'ResizeTo', 'AddEdgeWeights', 'rescunet_block', 'rescunet_dls', 'mask_stages', 'ReSCUNet',
+           'rescunet_splitter', 'rescunet_learner', 'rescunet_train', 'show_batch', 'show_results', 'SubimageModel',
+           'keep_best_component', 'subimage_side', 'rescunet_predict', 'propagate_labels', 'propagate',
+           'show_propagation', 'save_propagation_gif', 'rescunet_predict_folder', 'rescunet_evaluate']
 
 # %% ../nbs/21_rescunet.ipynb #8d1f185f
 def link_labels(labels, # (T,H,W) per-frame instance labels, 0 = background
@@ -274,41 +272,6 @@ def rescunet_dls(root, # folder of sample folders (see `rescunet_items`)
     dls.object_fraction = float(np.median([read_binary_mask(prev_mask_file(s)).mean() for s in dls.train.items]))
     return dls
 
-# %% ../nbs/21_rescunet.ipynb #61a6f1b2
-def conv_block(ni:int, nf:int) -> nn.Sequential:
-    "Two 3x3 conv-BatchNorm-ReLU layers: the U-Net's unit."
-    return nn.Sequential(ConvLayer(ni, nf), ConvLayer(nf, nf))
-
-# %% ../nbs/21_rescunet.ipynb #2a0160f8
-def plain_stages(n_in:int, # input channels
-                 width:int=64, # filters of the first stage (the seed: 64, so 64 ... 1024)
-                 depth:int=5, # stages; each after the first halves the resolution
-                ) -> nn.ModuleList:
-    "The seed's U-Net encoder: `depth` conv blocks of `width*2**i` filters, each after the first preceded by 2x max-pooling."
-    return nn.ModuleList([conv_block(n_in, width)] +
-                         [nn.Sequential(nn.MaxPool2d(2), conv_block(width*2**(i-1), width*2**i)) for i in range(1, depth)])
-
-# %% ../nbs/21_rescunet.ipynb #6ee0d6b7
-def resnet_stages(n_in:int, # input channels
-                  arch=resnet34, # a torchvision ResNet constructor
-                  pretrained:bool=True, # load ImageNet weights
-                 ) -> nn.ModuleList:
-    "A torchvision ResNet as 5 encoder stages at 1/2 ... 1/32 resolution, its first conv adapted to `n_in` channels as fastai does."
-    r = arch(weights='DEFAULT' if pretrained else None)
-    if n_in!=3: _update_first_layer(r, n_in, pretrained)   # fastai's rule, as in `unet_learner` (cellseg)
-    return nn.ModuleList([nn.Sequential(r.conv1, r.bn1, r.relu), nn.Sequential(r.maxpool, r.layer1), r.layer2, r.layer3, r.layer4])
-
-# %% ../nbs/21_rescunet.ipynb #c7047d0b
-def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
-                 n_in:int, # input channels
-                 size:int=64, # side of the square test input
-                ) -> list[tuple[int, int]]:
-    "(channels, stride) of each stage's output."
-    x, out = torch.zeros(1, n_in, size, size), []
-    with torch.no_grad():
-        for s in stages: x = s(x); out.append((x.shape[1], size//x.shape[-1]))
-    return out
-
 # %% ../nbs/21_rescunet.ipynb #3d5b8840
 def mask_stages(shapes:list # (channels, stride) of the image encoder's stages to follow
                ) -> nn.ModuleList:
@@ -319,23 +282,6 @@ def mask_stages(shapes:list # (channels, stride) of the image encoder's stages t
         out.append(nn.Sequential(*pool, conv_block(ni, c)))
         ni, stride_in = c, stride
     return nn.ModuleList(out)
-
-# %% ../nbs/21_rescunet.ipynb #75379651
-def identity_merge(c:int) -> nn.Conv2d:
-    "A 1x1 conv from 2`c` to `c` channels that starts by passing the first `c` (the image features) through unchanged."
-    conv = nn.Conv2d(2*c, c, 1)
-    with torch.no_grad():
-        conv.weight.zero_(); conv.weight[:, :c, 0, 0] = torch.eye(c); conv.bias.zero_()
-    return conv
-
-# %% ../nbs/21_rescunet.ipynb #7d59ba03
-class UpBlock(nn.Module):
-    "Upsample by 2 (ICNR pixel shuffle), concatenate the skip connection, then a conv block."
-    def __init__(self, c_up:int, c_skip:int): # channels of the input and of the skip connection
-        super().__init__()
-        self.shuf = PixelShuffle_ICNR(c_up, c_up//2, norm_type=NormType.Batch)
-        self.conv = conv_block(c_up//2 + c_skip, c_skip)
-    def forward(self, x, skip): return self.conv(torch.cat([self.shuf(x), skip], 1))
 
 # %% ../nbs/21_rescunet.ipynb #256c54ff
 def _check_size(size, multiple:int, encoder:str):
