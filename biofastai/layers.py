@@ -92,14 +92,14 @@ class ConvLSTM(Module):
         if self.stateful: self.state = [(h.detach(), c.detach()) for h,c in finals]
         return (x if self.return_all else x[:, -1]), finals
 
-# %% ../nbs/13_layers.ipynb #8f84c7fe
+# %% ../nbs/13_layers.ipynb #8b9a561f
 def conv_block(ni:int, # input channels
                nf:int, # output channels
               ) -> nn.Sequential:
     "Two 3x3 conv-BatchNorm-ReLU layers: the U-Net's unit."
     return nn.Sequential(ConvLayer(ni, nf), ConvLayer(nf, nf))
 
-# %% ../nbs/13_layers.ipynb #ea705933
+# %% ../nbs/13_layers.ipynb #b54b2436
 def plain_stages(n_in:int, # input channels
                  width:int=64, # filters of the first stage (the original U-Net: 64, so 64 ... 1024)
                  depth:int=5, # stages; each after the first halves the resolution
@@ -108,7 +108,7 @@ def plain_stages(n_in:int, # input channels
     return nn.ModuleList([conv_block(n_in, width)] +
                          [nn.Sequential(nn.MaxPool2d(2), conv_block(width*2**(i-1), width*2**i)) for i in range(1, depth)])
 
-# %% ../nbs/13_layers.ipynb #83e1c70c
+# %% ../nbs/13_layers.ipynb #2f1f9949
 def resnet_stages(n_in:int, # input channels
                   arch=resnet34, # a torchvision ResNet constructor
                   pretrained:bool=True, # load ImageNet weights
@@ -118,7 +118,7 @@ def resnet_stages(n_in:int, # input channels
     if n_in!=3: _update_first_layer(r, n_in, pretrained)   # fastai's rule, as in `unet_learner`
     return nn.ModuleList([nn.Sequential(r.conv1, r.bn1, r.relu), nn.Sequential(r.maxpool, r.layer1), r.layer2, r.layer3, r.layer4])
 
-# %% ../nbs/13_layers.ipynb #12262825
+# %% ../nbs/13_layers.ipynb #75737cf3
 def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
                  n_in:int, # input channels
                  size:int=64, # side of the square test input
@@ -129,7 +129,7 @@ def stage_shapes(stages:nn.ModuleList, # encoder stages, applied in turn
         for s in stages: x = s(x); out.append((x.shape[1], size//x.shape[-1]))
     return out
 
-# %% ../nbs/13_layers.ipynb #043ee56d
+# %% ../nbs/13_layers.ipynb #7031d7ef
 class UpBlock(nn.Module):
     "Upsample by 2 (ICNR pixel shuffle), concatenate the skip connection, then a conv block."
     def __init__(self,
@@ -141,7 +141,7 @@ class UpBlock(nn.Module):
         self.conv = conv_block(c_up//2 + c_skip, c_skip)
     def forward(self, x, skip): return self.conv(torch.cat([self.shuf(x), skip], 1))
 
-# %% ../nbs/13_layers.ipynb #fead22d5
+# %% ../nbs/13_layers.ipynb #390ca94c
 def identity_merge(c:int # channels of each branch, and of the output
                   ) -> nn.Conv2d:
     "A 1x1 conv from 2`c` to `c` channels that starts by passing the first `c` (the first branch) through unchanged."

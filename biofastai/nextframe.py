@@ -15,7 +15,6 @@ from scipy.optimize import linear_sum_assignment
 from skimage.filters import threshold_li
 from skimage.metrics import structural_similarity
 from fastcore.meta import delegates
-from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import Module, set_seed, show_image
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import IndexSplitter, RandomSplitter
@@ -30,6 +29,7 @@ from .sequences import SequenceBlock, SeqDihedral
 from .losses import MaskedLoss
 from .metrics import instance_iou
 from .layers import ConvLSTM
+from .callbacks import checkpointed
 
 # %% auto #0
 __all__ = ['HEADS', 'BASELINES', 'read_sequence', 'nextframe_items', 'sequence_stats', 'normalize_sequence', 'pad_frames',
@@ -325,12 +325,15 @@ def nextframe_predict_folder(learn:Learner, # from `nextframe_learner`, or `load
                              dest, # writes dest/NAME.tif: the predicted frames (steps,C,H,W)
                              steps:int=1, # frames to predict after each sequence
                              axes:str|None=None, # axes of files without axes metadata, e.g. 'TYX'
+                             progress:bool=True, # show a progress bar over sequences
+                             overwrite:bool=False, # predict again the sequences whose `dest/NAME.tif` exists; False: keep them
                             ) -> pd.DataFrame:
     "Predict the next `steps` frames of every sequence in `folder`; one row per file with the prediction written."
     rows = []
-    for fn in progress_bar(image_files(folder), leave=False):
-        p = nextframe_predict(learn, read_sequence(fn, str(fn), axes), steps)
-        rows.append(dict(sequence=fn, prediction=write_tiff(Path(dest)/f'{fn.stem}.tif', p, axes='TCYX')))
+    for fn in maybe_progress(image_files(folder), progress):
+        out = Path(dest)/f'{fn.stem}.tif'
+        if overwrite or not out.exists(): write_tiff(out, nextframe_predict(learn, read_sequence(fn, str(fn), axes), steps), axes='TCYX')
+        rows.append(dict(sequence=fn, prediction=out))
     return pd.DataFrame(rows)
 
 # %% ../nbs/23_nextframe.ipynb #b15ae88b
@@ -464,13 +467,15 @@ def nextframe_train(experiment:dict, # name, epochs; optional lr, hidden, layers
                     seed:int=0, # seed of the split and the initialisation
                     valid_pct:float=0.2, # fraction of sequences for validation
                     cbs=None, # callbacks of the learner
+                    resume:bool=False, # continue from the checkpoint if it exists
+                    checkpoint=None, # checkpoint file; default `checkpoints/<name>.pth` under the learner's path
                     **kwargs # passed to `nextframe_dls`
                    ) -> Learner:
-    "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
+    "Build the data and learner of one `experiment` and fit it, checkpointing every epoch; `compare_models` calls this."
     e = experiment_params(experiment, dict(lr=3e-3, hidden=32, layers=1, head='last', residual=False, encoder_decoder=False))
     set_seed(seed, reproducible=True)
     dls = nextframe_dls(source, n_frames, bs=bs, valid_pct=valid_pct, seed=seed, **kwargs)
-    learn = nextframe_learner(dls, e['hidden'], e['layers'], e['head'], e['residual'], e['encoder_decoder'], cbs=cbs)
+    learn = nextframe_learner(dls, e['hidden'], e['layers'], e['head'], e['residual'], e['encoder_decoder'], cbs=checkpointed(cbs, e['name'], checkpoint, resume))
     learn.fit_one_cycle(e['epochs'], e['lr'])
     return learn
 

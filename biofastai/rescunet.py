@@ -34,6 +34,7 @@ from .channels import MultiChannelBlock, channel_loader
 from .tiles import predict_tiled
 from .losses import edge_weight_map, MaskedLoss
 from .metrics import instance_iou, iou, IoUMetric
+from .callbacks import checkpointed
 from .layers import conv_block, plain_stages, resnet_stages, stage_shapes, identity_merge, UpBlock
 
 # %% auto #0
@@ -388,14 +389,16 @@ def rescunet_train(experiment:dict, # name, epochs; optional lr, concat_level, e
                    seed:int=0, # seed of the split and the initialisation
                    valid_pct:float=0.2, # fraction of samples for validation
                    cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                   resume:bool=False, # continue from the checkpoint if it exists
+                   checkpoint=None, # checkpoint file; default `checkpoints/<name>.pth` under the learner's path
                    **kwargs
                   ) -> Learner:
-    "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
+    "Build the data and learner of one `experiment` and fit it, checkpointing every epoch; `compare_models` calls this."
     e = experiment_params(experiment, dict(lr=3e-3, concat_level=1, encoder='plain', width=16, pretrained=True, loading_codes=(0,)))
     set_seed(seed, reproducible=True)
     dls = rescunet_dls(source, size, bs, valid_pct, seed, loading_codes=e['loading_codes'], **kwargs)
     encoder = _encoder(e['encoder'])
-    learn = rescunet_learner(dls, e['concat_level'], encoder, e['width'], e['pretrained'], cbs=cbs)
+    learn = rescunet_learner(dls, e['concat_level'], encoder, e['width'], e['pretrained'], cbs=checkpointed(cbs, e['name'], checkpoint, resume))
     if e['pretrained'] and encoder!='plain': learn.fine_tune(e['epochs'], e['lr'])
     else: learn.fit_one_cycle(e['epochs'], e['lr'])
     return learn
@@ -611,18 +614,21 @@ def rescunet_predict_folder(learn:Learner, # a trained ReSCU-Net learner
                             folder, # folder of video folders, each holding image.tif and labels.tif (first frame, or all)
                             dest, # writes dest/NAME.tif, the (T,H,W) label video
                             progress:bool=True, # show a progress bar over videos
+                            overwrite:bool=False, # predict again the videos whose `dest/NAME.tif` exists; False: keep them
                             **kwargs
                            ) -> pd.DataFrame:
     "Follow the objects of each video's first frame through the video; one row per video, with the objects lost on the way."
     dest, rows = Path(dest), []
-    videos = _video_pairs(folder)
-    for name, v, labels in maybe_progress(videos, progress):
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')   # lost objects are in the table
-            pred = propagate_labels(learn, v, labels[0] if labels.ndim==3 else labels, progress=False, **kwargs)
+    for name, v, labels in maybe_progress(_video_pairs(folder), progress):
+        fn = dest/f'{name}.tif'
+        if overwrite or not fn.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')   # lost objects are in the table
+                pred = propagate_labels(learn, v, labels[0] if labels.ndim==3 else labels, progress=False, **kwargs)
+            write_tiff(fn, pred.astype(np.uint16), axes='TYX')
+        pred = read_mask(fn)
         ids = np.unique(pred[0][pred[0]>0])
-        rows.append(dict(video=name, labels=write_tiff(dest/f'{name}.tif', pred.astype(np.uint16), axes='TYX'), n_objects=len(ids),
-                         lost=[int(k) for k in ids if not (pred[-1]==k).any()]))
+        rows.append(dict(video=name, labels=fn, n_objects=len(ids), lost=[int(k) for k in ids if not (pred[-1]==k).any()]))
     return pd.DataFrame(rows)
 
 # %% ../nbs/21_rescunet.ipynb #3c1457d4

@@ -25,9 +25,10 @@ from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle, lr_find  # patch them onto `Learner`
 from fastai.metrics import accuracy
 from .core import (ShapeError, EmptyDataError, ValueRangeError, MissingFileError, as_rng, inference_model,
-                            composite, as_chw, experiment_params, maybe_progress, TensorMultiChannel)
+                            composite, as_chw, experiment_params, maybe_progress, atomic_write, TensorMultiChannel)
 from .io import read_image, read_mask, read_table, normalize_percentile, image_files
 from .metrics import count_error, match_spots
+from .callbacks import checkpointed
 
 # %% auto #0
 __all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spines_points', 'spines_items', 'read_spines', 'spines_patches',
@@ -459,6 +460,14 @@ def show_spines(image, # (C,H,W) or (H,W) image
     ax.set_title(title or default)
     return ax
 
+# %% ../nbs/24_spines.ipynb #48f299b7
+def _save_figure(fig, # a matplotlib figure, closed once saved
+                 fn, # the .png file to write
+                ):
+    "Save `fig` atomically as the PNG `fn`."
+    with atomic_write(fn) as tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
+    plt.close(fig)
+
 # %% ../nbs/24_spines.ipynb #581ec168
 def spines_predict_folder(learn:Learner|SpineCNN|SpineScanner, # a trained spine learner (or its model, or scanner)
                           folder, # folder of images
@@ -466,23 +475,22 @@ def spines_predict_folder(learn:Learner|SpineCNN|SpineScanner, # a trained spine
                           counter:SpineCounter|None=None, # as for `spines_predict`
                           figures:bool=False, # also save an overlay PNG per image
                           progress:bool=True, # show a progress bar over images
+                          overwrite:bool=False, # count again the images whose outputs exist in `dest`; False: keep them
                          ) -> pd.DataFrame:
     "Count spines in every image of `folder`; write `dest/NAME.csv` per image and `dest/counts.csv`; return the counts."
     dest, counter, rows = Path(dest), _counter(learn, counter), []
     sc = learn if isinstance(learn, SpineScanner) else scanner_from(learn)
-    dest.mkdir(parents=True, exist_ok=True)
-    fns = image_files(folder)
-    for fn in maybe_progress(fns, progress):
-        img = read_image(fn)
-        spines = spines_predict(sc, img, counter)
-        n = len(spines)
-        spines.to_csv(dest/f'{fn.stem}.csv', index=False)
-        if figures:
-            ax = show_spines(img, spines, title=f'{fn.name}: {n} spines')
-            ax.figure.savefig(dest/f'{fn.stem}.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
-        rows.append(dict(file=fn.name, count=n))
+    for fn in maybe_progress(image_files(folder), progress):
+        csv, png = dest/f'{fn.stem}.csv', dest/f'{fn.stem}.png'
+        if overwrite or not csv.exists() or (figures and not png.exists()):
+            img = read_image(fn)
+            spines = spines_predict(sc, img, counter)
+            with atomic_write(csv) as tmp: spines.to_csv(tmp, index=False)
+            if figures: _save_figure(show_spines(img, spines, title=f'{fn.name}: {len(spines)} spines').figure, png)
+        else: spines = read_table(csv)
+        rows.append(dict(file=fn.name, count=len(spines)))
     counts = pd.DataFrame(rows, columns=['file', 'count'])
-    counts.to_csv(dest/'counts.csv', index=False)
+    with atomic_write(dest/'counts.csv') as tmp: counts.to_csv(tmp, index=False)
     return counts
 
 # %% ../nbs/24_spines.ipynb #769e9a05
@@ -522,14 +530,16 @@ def spines_train(experiment:dict, # name, epochs; optional lr, filters, fc, ps, 
                  bs:int=64, # batch size
                  seed:int=0, # seed of the patches, the split and the initialisation
                  cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                 resume:bool=False, # continue from the checkpoint if it exists
+                 checkpoint=None, # checkpoint file; default `checkpoints/<name>.pth` under the learner's path
                  **kwargs
                 ) -> Learner:
-    "Train the patch CNN of one `experiment`, then tune its counter and the LoG baseline; `compare_models` calls this."
+    "Train the patch CNN of one `experiment` (checkpointing every epoch), then tune its counter and the LoG baseline; `compare_models` calls this."
     e = experiment_params(experiment, dict(lr=3e-3, filters=(8,16,32), fc=(100,50), ps=0.25, patch_size=40))
     imgs, pts = _spines_source(source)
     set_seed(seed, reproducible=True)
     dls = spines_dls(imgs, pts, valid_pct, bs=bs, seed=seed, patch_size=e['patch_size'], **kwargs)
-    learn = spines_learner(dls, e['filters'], e['fc'], e['ps'], cbs=cbs)
+    learn = spines_learner(dls, e['filters'], e['fc'], e['ps'], cbs=checkpointed(cbs, e['name'], checkpoint, resume))
     learn.fit_one_cycle(e['epochs'], e['lr'])
     v_imgs, v_pts = dls.valid_data
     if v_imgs: learn.counter = tune_counter([scan(learn, im) for im in v_imgs], v_pts)[0]

@@ -1,12 +1,13 @@
-"Next-frame prediction: per-sample loss, length-free normalisation, a trained model beating both baselines on the cell interior, real HeLa nuclei, bad input."
-import importlib.util
+"Next-frame prediction: per-sample loss, length-free normalisation, a trained model beating both baselines on the cell interior, real HeLa nuclei, bad input, resume after SIGKILL, re-runs of a folder."
+import importlib.util, json, os, signal, subprocess, sys
 from pathlib import Path
-import numpy as np, pytest, torch, tifffile
+import numpy as np, pandas as pd, pytest, torch, tifffile
 from fastai.torch_core import set_seed
 from fastai.learner import load_learner
 from biofastai.core import ShapeError, ValueRangeError, EmptyDataError
 from biofastai.io import read_stack, read_mask
 from biofastai.synth import synth_nextframe
+import biofastai.nextframe as nextframe_module
 from biofastai.nextframe import (nextframe_items, nextframe_dls, nextframe_learner, nextframe_train, nextframe_evaluate, nextframe_predict,
                                  nextframe_predict_folder, rollout_error, NextFrameRMSE, nucleus_crops, read_sequence)
 
@@ -112,3 +113,72 @@ def test_bad_input(tmp_path):
     with pytest.raises(ShapeError, match='pass n_frames='): nextframe_dls([np.zeros((4, 8, 8)), np.zeros((5, 8, 8))])
     with pytest.raises(EmptyDataError): nextframe_dls([np.zeros((4, 8, 8))])
     with pytest.raises(ValueRangeError, match='only keys from'): nextframe_train(dict(name='x', epochs=1, heads='last'), [np.zeros((4, 8, 8))]*5)
+
+RESUME_SCRIPT = '''
+import json, os, signal, sys, torch
+from fastai.callback.core import Callback
+from biofastai.nextframe import nextframe_train
+source, ckpt, mode, out = sys.argv[1:]
+class KillMidEpoch(Callback):
+    "SIGKILL this process halfway through the second epoch's training batches: nothing gets to clean up."
+    def after_batch(self):
+        if self.training and self.epoch == 1 and self.iter == self.n_iter//2: os.kill(os.getpid(), signal.SIGKILL)
+class CountBatches(Callback):
+    "The training batches this process ran."
+    n = 0
+    def after_batch(self): self.n += self.training
+counter = CountBatches()
+learn = nextframe_train(dict(name='crash', epochs=3, hidden=8, lr=1e-2), source, bs=4, seed=0, checkpoint=ckpt, resume=mode == 'resume',
+                        cbs=[counter, *([KillMidEpoch()] if mode == 'kill' else [])])
+torch.save(dict(values=[[float(v) for v in row] for row in learn.recorder.values], model=learn.model.state_dict(), batches=counter.n), out)
+'''
+
+def _run_train(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg')
+    return subprocess.run([sys.executable, '-c', RESUME_SCRIPT, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+
+def test_train_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    "End to end through `nextframe_train` (test_callbacks checks `Checkpoint` itself): SIGKILL in epoch 2, `resume=True`, same weights and metric."
+    src = synth_nextframe(tmp_path/'cells', n=24, n_frames=6, size=32, seed=0)
+    whole = _run_train(src, tmp_path/'whole.pth', 'whole', tmp_path/'whole.out')
+    assert whole.returncode == 0, whole.stderr
+    ckpt = tmp_path/'crash.pth'
+    killed = _run_train(src, ckpt, 'kill', tmp_path/'killed.out')
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path/'killed.out').exists(), killed.stderr
+    assert torch.load(ckpt, weights_only=False)['epoch'] == 0   # the last good state: after epoch 1, before the kill in epoch 2
+    resumed = _run_train(src, ckpt, 'resume', tmp_path/'resumed.out')
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (torch.load(tmp_path/f, weights_only=False) for f in ('whole.out', 'resumed.out'))
+    assert len(a['values']) == len(b['values']) == 3 and b['batches'] == a['batches']*2//3   # the resumed run trained epochs 2 and 3 only
+    np.testing.assert_allclose(b['values'], a['values'], rtol=1e-4)
+    assert a['values'][0] != a['values'][-1]   # it trained: the metric moved
+    for k, w in a['model'].items(): torch.testing.assert_close(b['model'][k], w, rtol=1e-4, atol=1e-5, msg=k)
+
+def _stamps(folder) -> dict:
+    "Each file's inode and modification time: both change when a file is written again."
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(folder).iterdir()}
+
+def test_predict_folder_finishes_after_a_crash(tmp_path, monkeypatch):
+    "A run that dies at the third sequence leaves only complete files; the re-run does the rest, and after a deletion only the missing one."
+    src = synth_nextframe(tmp_path/'cells', n=5, n_frames=5, size=32, seed=0)
+    learn = nextframe_learner(nextframe_dls(src, bs=2, seed=0), hidden=4)
+    whole = nextframe_predict_folder(learn, src/'sequences', tmp_path/'whole', progress=False)
+    real, calls = nextframe_module.nextframe_predict, []
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls)==3: raise RuntimeError('crash')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(nextframe_module, 'nextframe_predict', crash_on_third)
+    with pytest.raises(RuntimeError, match='crash'): nextframe_predict_folder(learn, src/'sequences', tmp_path/'pred', progress=False)
+    monkeypatch.undo()
+    names = [Path(f).name for f in whole.prediction]
+    assert sorted(_stamps(tmp_path/'pred')) == names[:2]   # no partial or temporary file
+    first = _stamps(tmp_path/'pred')
+    res = nextframe_predict_folder(learn, src/'sequences', tmp_path/'pred', progress=False)
+    stamps = _stamps(tmp_path/'pred')
+    assert sorted(stamps) == names and all(stamps[f] == first[f] for f in names[:2])
+    for a, b in zip(res.prediction, whole.prediction): np.testing.assert_array_equal(read_stack(a), read_stack(b))
+    (tmp_path/'pred'/names[3]).unlink()
+    nextframe_predict_folder(learn, src/'sequences', tmp_path/'pred', progress=False)
+    again = _stamps(tmp_path/'pred')
+    assert [f for f in sorted(again) if again[f] != stamps.get(f)] == [names[3]]

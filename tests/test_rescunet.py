@@ -1,17 +1,18 @@
 "ReSCU-Net: every concat level trains and predicts, propagation beats copying the first mask on synthetic and real HeLa videos, bad input fails clearly."
 import importlib.util
 from pathlib import Path
-import numpy as np, pytest, torch, tifffile
+import numpy as np, pandas as pd, pytest, torch, tifffile
 from scipy import ndimage
 from torchvision.models import resnet18
 from fastai.torch_core import set_seed
 from fastai.learner import load_learner
 from biofastai.core import ShapeError, EmptyDataError, ValueRangeError, MissingFileError
-from biofastai.io import write_tiff
+from biofastai.io import write_tiff, read_mask
 from biofastai.metrics import iou
-from biofastai.synth import make_video
+from biofastai.synth import make_video, synth_videos
+import biofastai.rescunet as rescunet_module
 from biofastai.rescunet import (link_labels, write_rescunet_samples, rescunet_items, rescunet_dls, rescunet_learner, rescunet_predict,
-                                propagate, rescunet_evaluate, show_propagation, save_propagation_gif)
+                                propagate, rescunet_evaluate, show_propagation, save_propagation_gif, rescunet_predict_folder)
 
 def fit_quietly(learn, epochs, lr):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
@@ -159,3 +160,35 @@ def test_larger_objects_than_in_training(hela):
     # seed 0: 0.938 scale-aware, 0.901 fixed (0.878 over frames 15-19: the fixed crops drift), 0.418 copy; at 4x 0.939 and 0.865
     assert len(tracks) >= 4
     assert model > copy + 0.2 and model > fixed + 0.02
+
+def _stamps(folder) -> dict:
+    "Each file's inode and modification time: both change when a file is written again."
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(folder).iterdir()}
+
+def test_predict_folder_finishes_after_a_crash(tiny, tmp_path, monkeypatch):
+    "A run that dies at the second video leaves only complete files; the re-run does the rest, and after a deletion only the missing video."
+    root, _, _ = tiny
+    learn = rescunet_learner(rescunet_dls(root, bs=4), width=4)
+    vids = synth_videos(tmp_path/'vids', n=3, n_frames=3, size=64, n_objects=2, seed=0)
+    whole = rescunet_predict_folder(learn, vids, tmp_path/'whole', progress=False)
+    real, calls = rescunet_module.propagate_labels, []
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls)==2: raise RuntimeError('crash')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(rescunet_module, 'propagate_labels', crash_on_second)
+    with pytest.raises(RuntimeError, match='crash'): rescunet_predict_folder(learn, vids, tmp_path/'pred', progress=False)
+    monkeypatch.undo()
+    assert sorted(_stamps(tmp_path/'pred')) == ['video_000.tif']   # no partial or temporary file
+    first = _stamps(tmp_path/'pred')
+    res = rescunet_predict_folder(learn, vids, tmp_path/'pred', progress=False)
+    stamps = _stamps(tmp_path/'pred')
+    assert sorted(stamps) == ['video_000.tif', 'video_001.tif', 'video_002.tif'] and stamps['video_000.tif'] == first['video_000.tif']
+    pd.testing.assert_frame_equal(res.drop(columns='labels'), whole.drop(columns='labels'))
+    for a, b in zip(res.labels, whole.labels): np.testing.assert_array_equal(read_mask(a), read_mask(b))
+    (tmp_path/'pred'/'video_001.tif').unlink()
+    rescunet_predict_folder(learn, vids, tmp_path/'pred', progress=False)
+    again = _stamps(tmp_path/'pred')
+    assert [f for f in sorted(again) if again[f] != stamps.get(f)] == ['video_001.tif']
+    rescunet_predict_folder(learn, vids, tmp_path/'pred', progress=False, overwrite=True)
+    assert all(v != again[f] for f, v in _stamps(tmp_path/'pred').items())

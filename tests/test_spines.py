@@ -1,10 +1,12 @@
 "Spine counting: a briefly trained CNN counts better than a tuned LoG, the scanner equals the patch loop, bad input fails clearly."
+from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from fastai.torch_core import set_seed
 from fastai.learner import load_learner
 from biofastai.core import ShapeError, EmptyDataError, ValueRangeError, MissingFileError
 from biofastai.io import write_tiff
 from biofastai.synth import synth_dendrites, make_dendrite
+from biofastai.io import read_table
 from biofastai.metrics import count_error
 from biofastai.spines import (read_spines, spines_dls, spines_learner, spines_patches, scan, scan_patchwise, tune_counter,
                               spines_predict, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
@@ -98,3 +100,37 @@ def test_point_image_annotations(dataset):
     x_csv, y_csv, _ = spines_patches(imgs[:1], [c], seed=0)
     x_pim, y_pim, _ = spines_patches(imgs[:1], [pim], seed=0)
     np.testing.assert_array_equal(x_csv, x_pim); np.testing.assert_array_equal(y_csv, y_pim)
+
+def _stamps(folder) -> dict:
+    "Each file's inode and modification time: both change when a file is written again."
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(folder).iterdir()}
+
+def test_predict_folder_finishes_after_a_crash(tmp_path, monkeypatch):
+    "A crash while writing the second table leaves no truncated file; the re-run counts the rest, and after a deletion only that image."
+    data = synth_dendrites(tmp_path/'data', n=3, size=64, seed=5)
+    imgs, pts = read_spines(data)
+    set_seed(0)
+    learn = spines_learner(spines_dls(imgs, pts, valid_pct=0.34, seed=0), filters=(4, 8, 8), fc=(16,))
+    whole = spines_predict_folder(learn, data/'images', tmp_path/'whole', figures=True, progress=False)
+    real, calls = pd.DataFrame.to_csv, []
+    def half_then_crash(df, path=None, **kwargs):
+        "The second spine table: half of it written, then the process fails."
+        calls.append(1)
+        if len(calls)==2:
+            text = real(df, None, **kwargs)
+            open(path, 'w').write(text[:len(text)//2]); raise RuntimeError('crash')
+        return real(df, path, **kwargs)
+    monkeypatch.setattr(pd.DataFrame, 'to_csv', half_then_crash)
+    with pytest.raises(RuntimeError, match='crash'): spines_predict_folder(learn, data/'images', tmp_path/'pred', figures=True, progress=False)
+    monkeypatch.undo()
+    assert sorted(_stamps(tmp_path/'pred')) == ['dendrite_000.csv', 'dendrite_000.png']   # no truncated table, no temporary file
+    first = _stamps(tmp_path/'pred')
+    res = spines_predict_folder(learn, data/'images', tmp_path/'pred', figures=True, progress=False)
+    stamps = _stamps(tmp_path/'pred')
+    assert sorted(stamps) == sorted(_stamps(tmp_path/'whole')) and all(stamps[f] == first[f] for f in first)
+    pd.testing.assert_frame_equal(res, whole)
+    for f in ('dendrite_001.csv', 'counts.csv'): pd.testing.assert_frame_equal(read_table(tmp_path/'pred'/f), read_table(tmp_path/'whole'/f))
+    (tmp_path/'pred'/'dendrite_002.csv').unlink()
+    spines_predict_folder(learn, data/'images', tmp_path/'pred', figures=True, progress=False)
+    again = _stamps(tmp_path/'pred')
+    assert [f for f in sorted(again) if again[f] != stamps.get(f)] == ['counts.csv', 'dendrite_002.csv', 'dendrite_002.png']
