@@ -15,8 +15,8 @@ from fastai.metrics import Dice
 from .core import ShapeError, ValueRangeError, to_numpy
 
 # %% auto #0
-__all__ = ['dice', 'iou', 'DiceMetric', 'IoUMetric', 'instance_iou', 'match_instances', 'instance_ap', 'match_spots',
-           'count_error', 'frame_rmse', 'frame_ssim', 'copy_last_frame']
+__all__ = ['dice', 'iou', 'DiceMetric', 'IoUMetric', 'instance_iou', 'match_instances', 'instance_ap', 'match_points',
+           'match_spots', 'count_error', 'frame_rmse', 'frame_ssim', 'copy_last_frame']
 
 # %% ../nbs/11_metrics.ipynb #e4330122
 def _same_shape(a:np.ndarray, b:np.ndarray, what:str):
@@ -141,18 +141,25 @@ def _points(x) -> np.ndarray:
     return a.reshape(0, 2) if a.size==0 else a
 
 # %% ../nbs/11_metrics.ipynb #db00abde
-def match_spots(pred_pts, # (N,2) predicted coordinates (y,x)
-                true_pts, # (M,2) true coordinates (y,x)
-                radius:float=3., # largest distance of a match, in pixels
-               ) -> dict: # tp, fp, fn, precision, recall, f1
-    "Match predicted to true spots one-to-one within `radius` and score the matching."
+def match_points(pred_pts, # (N,D) predicted coordinates, e.g. (y,x)
+                 true_pts, # (M,D) true coordinates
+                 radius:float=3., # largest distance of a pair, inclusive
+                ) -> tuple[np.ndarray, np.ndarray]: # indices into `pred_pts` and `true_pts` of the matched pairs
+    "One-to-one pairs of points within `radius`: the most pairs, then the smallest total distance (Hungarian assignment)."
     p, t = _points(pred_pts), _points(true_pts)
     if p.ndim!=2 or t.ndim!=2 or p.shape[1]!=t.shape[1]:
         raise ShapeError('spot coordinates', f'shapes {p.shape} and {t.shape}', '(N,2) arrays of (y,x)',
                          'pass one row per spot with the same number of coordinates')
     d = cdist(p, t) if len(p) and len(t) else np.zeros((len(p), len(t)))
-    rows, _ = _assign(d<=radius, np.clip(1-d/radius, 0, 1))
-    return _rates(len(rows), len(p), len(t))
+    return _assign(d<=radius, np.clip(1-d/radius, 0, 1))
+
+def match_spots(pred_pts, # (N,2) predicted coordinates (y,x)
+                true_pts, # (M,2) true coordinates (y,x)
+                radius:float=3., # largest distance of a match, in pixels
+               ) -> dict: # tp, fp, fn, precision, recall, f1
+    "Match predicted to true spots one-to-one within `radius` (`match_points`) and score the matching."
+    rows, _ = match_points(pred_pts, true_pts, radius)
+    return _rates(len(rows), len(_points(pred_pts)), len(_points(true_pts)))
 
 # %% ../nbs/11_metrics.ipynb #c1a6287d
 def count_error(pred_counts, # predicted count per image
