@@ -9,7 +9,7 @@ from biofastai.synth import synth_dendrites, make_dendrite
 from biofastai.io import read_table
 from biofastai.metrics import count_error
 from biofastai.spines import (read_spines, spines_dls, spines_learner, spines_patches, scan, scan_patchwise, tune_counter,
-                              spines_predict, spines_predict_folder, tune_log, log_spines, SPINE_COLUMNS)
+                              spines_predict, spines_predict_folder, spines_train, tune_log, log_spines, SPINE_COLUMNS)
 
 SEED = 0   # the recipe reached count errors 0.020-0.065 (LoG 0.21-0.52) with seeds 0-3 on the dependencies of 2026-12
 
@@ -134,3 +134,18 @@ def test_predict_folder_finishes_after_a_crash(tmp_path, monkeypatch):
     spines_predict_folder(learn, data/'images', tmp_path/'pred', figures=True, progress=False)
     again = _stamps(tmp_path/'pred')
     assert [f for f in sorted(again) if again[f] != stamps.get(f)] == ['counts.csv', 'dendrite_002.csv', 'dendrite_002.png']
+
+def test_train_resumes_after_a_crash_then_tunes_as_uninterrupted(tmp_path):
+    "An exception in epoch 2 stops `spines_train`; `resume=True` finishes the fit and tunes the same counter and LoG threshold on the same weights."
+    from fastai.callback.core import Callback
+    class CrashMidEpoch(Callback):
+        def after_batch(self):
+            if self.training and self.epoch == 1 and self.iter == self.n_iter//2: raise RuntimeError('crash')
+    data = synth_dendrites(tmp_path/'data', n=3, size=64, seed=5)
+    exp = dict(name='resume', epochs=3, filters=(4, 8, 8), fc=(16,))
+    whole = spines_train(exp, data, checkpoint=tmp_path/'whole.pth')
+    with pytest.raises(RuntimeError, match='crash'): spines_train(exp, data, checkpoint=tmp_path/'crash.pth', cbs=[CrashMidEpoch()])
+    resumed = spines_train(exp, data, checkpoint=tmp_path/'crash.pth', resume=True)
+    np.testing.assert_allclose(resumed.recorder.values, whole.recorder.values, rtol=1e-5)
+    for a, b in zip(resumed.model.parameters(), whole.model.parameters()): np.testing.assert_allclose(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    assert repr(resumed.counter) == repr(whole.counter) and resumed.log_threshold == whole.log_threshold
