@@ -13,7 +13,7 @@ from fastai.learner import Learner
 from .core import inference_model, as_chw, maybe_progress, round_up, ShapeError, ValueRangeError
 
 # %% auto #0
-__all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'seam_score']
+__all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'seam_score', 'PaddedModel']
 
 # %% ../nbs/05_tiles.ipynb #402dda05
 def tile_starts(length:int, # image size along one axis
@@ -65,15 +65,33 @@ def blend_window(tile_shape:tuple[int,int], # (height, width) of a tile
     return torch.outer(wy, wx).float()
 
 # %% ../nbs/05_tiles.ipynb #f335fc5c
-def _as_image(image) -> torch.Tensor:
-    "A plain float32 CPU tensor (C,H,W) of finite values from an array or tensor of shape (C,H,W) or (H,W)."
-    t = torch.from_numpy(as_chw(image, 'image'))
-    if not torch.isfinite(t).all():
-        raise ValueRangeError('image', 'NaN or infinite values', 'finite intensities', 'replace them, e.g. with np.nan_to_num')
-    return t
+def _tile(image:np.ndarray, # (C,H,W) image of any dtype
+          y:int, x:int, # top-left corner of the tile; it may reach past the bottom and right borders
+          t:int, # tile size
+          pad_mode:str, # `np.pad` mode for the part past the borders
+         ) -> torch.Tensor:
+    "The (C,t,t) float32 tile at (`y`, `x`) of `image` padded at its bottom and right, cut without padding the whole image."
+    _,h,w = image.shape
+    y0,x0 = max(0, min(y, h-t)),max(0, min(x, w-t))   # up to a tile of context before, so 'reflect' sees what it would in the whole image
+    crop = image[:, y0:y+t, x0:x+t]
+    crop = np.pad(crop, ((0,0), (0, y+t-y0-crop.shape[1]), (0, x+t-x0-crop.shape[2])), mode=pad_mode)[:, y-y0:, x-x0:]
+    tile = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
+    if not torch.isfinite(tile).all():
+        raise ValueRangeError('image', f'NaN or infinite values in the tile at y={y}, x={x}', 'finite intensities', 'replace them, e.g. with np.nan_to_num')
+    return tile
 
 # %% ../nbs/05_tiles.ipynb #e411091f
 def _padded_size(n:int, tile:int, multiple:int) -> int: return max(tile, round_up(n, multiple))
+
+def _axis_weights(starts:list, # tile starts along one axis
+                  tile:int, # tile size
+                  overlap:int, # as for `blend_window`
+                 ) -> list[torch.Tensor]:
+    "Per tile along one axis, its `blend_window` profile divided by the sum over all tiles: the weights add up to 1 at every pixel."
+    ws = [_axis_window(tile, overlap, 'cosine', i==0, i==len(starts)-1) for i in range(len(starts))]
+    total = torch.zeros(starts[-1]+tile, dtype=torch.float64)
+    for s,w in zip(starts, ws): total[s:s+tile] += w
+    return [w/total[s:s+tile] for s,w in zip(starts, ws)]
 
 # %% ../nbs/05_tiles.ipynb #caa7c51f
 def predict_tiled(model:Learner|nn.Module, # a fastai `Learner` or a torch module mapping (B,C,h,w) to (B,K,h,w)
@@ -82,41 +100,39 @@ def predict_tiled(model:Learner|nn.Module, # a fastai `Learner` or a torch modul
                   overlap:int=32, # 2x the context each tile discards at inner edges: >= 2x the receptive-field radius for exact results
                   batch_size:int=4, # tiles per forward pass
                   multiple:int=1, # pad so image sizes and tile starts are multiples of this (16 or 32 for a U-Net)
-                  pad_mode:str='reflect', # `np.pad` mode for the bottom and right padding
-                  activation=None, # applied to the stitched logits as a (1,K,H,W) batch, e.g. `learn.loss_func.activation`
+                  pad_mode:str='reflect', # `np.pad` mode for the bottom and right padding: 'reflect', 'symmetric', 'edge' or 'constant'
+                  activation=None, # applied to the stitched logits of each pixel, in (1,K,rows,W) bands, e.g. `learn.loss_func.activation`
                   progress:bool=False, # show a progress bar over batches
                  ) -> torch.Tensor:
     "Predict `image` tile by tile and stitch the outputs with blending into a (K,H,W) float32 CPU tensor."
     if tile_size%multiple:
         raise ValueRangeError('predict_tiled', f'tile_size {tile_size}', f'a multiple of {multiple}',
                               f'use tile_size={round_up(tile_size, multiple)}')
-    img = _as_image(image)
+    img = as_chw(image, 'image', dtype=None)
     _,h,w = img.shape
-    hp,wp = _padded_size(h, tile_size, multiple),_padded_size(w, tile_size, multiple)
-    img = torch.from_numpy(np.pad(img.numpy(), ((0,0),(0,hp-h),(0,wp-w)), mode=pad_mode))
     t,shared = tile_size,overlap+overlap//2
-    ys,xs = tile_starts(hp, t, shared, multiple),tile_starts(wp, t, shared, multiple)
+    ys = tile_starts(_padded_size(h, t, multiple), t, shared, multiple)
+    xs = tile_starts(_padded_size(w, t, multiple), t, shared, multiple)
+    wy,wx = _axis_weights(ys, t, overlap),_axis_weights(xs, t, overlap)
     tiles = [(i,j) for i in range(len(ys)) for j in range(len(xs))]
     m,dev = inference_model(model, to_best_device=True)
-    out,wsum,windows = None,torch.zeros(hp, wp),{}
-    batches = range(0, len(tiles), batch_size)
+    out = None
     with torch.no_grad():
-        for b in maybe_progress(batches, progress):
+        for b in maybe_progress(range(0, len(tiles), batch_size), progress):
             idx = tiles[b:b+batch_size]
-            x = torch.stack([img[:, ys[i]:ys[i]+t, xs[j]:xs[j]+t] for i,j in idx]).to(dev)
+            x = torch.stack([_tile(img, ys[i], xs[j], t, pad_mode) for i,j in idx]).to(dev)
             pred = m(x)
             if pred.ndim!=4 or pred.shape[-2:]!=x.shape[-2:]:
                 raise ShapeError('model output', f'shape {tuple(pred.shape)} for tiles {tuple(x.shape)}', '(B,K,h,w) with the tile size',
                                  "use a model with 'same' padding that keeps the spatial size (e.g. a U-Net)")
             pred = pred.float().cpu().as_subclass(torch.Tensor)
-            if out is None: out = torch.zeros(pred.shape[1], hp, wp)
+            if out is None: out = torch.zeros(pred.shape[1], h, w)
             for (i,j),p in zip(idx, pred):
-                borders = (i==0, i==len(ys)-1, j==0, j==len(xs)-1)
-                if borders not in windows: windows[borders] = blend_window((t,t), overlap, borders=borders)
-                out[:, ys[i]:ys[i]+t, xs[j]:xs[j]+t].addcmul_(p, windows[borders])
-                wsum[ys[i]:ys[i]+t, xs[j]:xs[j]+t] += windows[borders]
-    res = out[:, :h, :w]/wsum[:h, :w]
-    return (activation(res[None])[0] if activation else res).float().contiguous()
+                th,tw = min(t, h-ys[i]),min(t, w-xs[j])   # the part inside the image
+                out[:, ys[i]:ys[i]+th, xs[j]:xs[j]+tw].addcmul_(p[:, :th, :tw], torch.outer(wy[i][:th], wx[j][:tw]).float())
+    if activation:
+        for r in range(0, h, t): out[:, r:r+t] = activation(out[None, :, r:r+t])[0]
+    return out
 
 # %% ../nbs/05_tiles.ipynb #871ac743
 def seam_score(tiled, # stitched prediction (..., H, W)
@@ -127,3 +143,20 @@ def seam_score(tiled, # stitched prediction (..., H, W)
     err = torch.as_tensor(tiled).double() - torch.as_tensor(whole).double()
     if border: err = err[..., border:-border, border:-border]
     return max(err.diff(dim=-1).abs().max().item(), err.diff(dim=-2).abs().max().item())
+
+# %% ../nbs/05_tiles.ipynb #8ea346a7
+class PaddedModel(nn.Module):
+    "`model` on inputs padded by `before` and `after` pixels along H and W, its output cropped to the input's size from the top left."
+    def __init__(self,
+                 model:nn.Module, # maps (B,C,h,w) to (B,K,h',w') with h' >= h-before-after... positions of its output start at the padded input's top left
+                 before:int, # pixels padded above and left
+                 after:int, # pixels padded below and right
+                 mode:str='reflect', # `F.pad` mode
+                ):
+        super().__init__()
+        self.model,self.before,self.after,self.mode = model,before,after,mode
+
+    def forward(self, x):
+        h,w = x.shape[-2:]
+        y = self.model(nn.functional.pad(x, (self.before, self.after)*2, mode=self.mode))
+        return y[..., :h, :w]
