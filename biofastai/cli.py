@@ -21,7 +21,8 @@ from .compare import LossHistory, _history, compare_models, plot_comparison, plo
 # %% auto #0
 __all__ = ['WORKFLOWS', 'workflow_fn', 'add_params', 'log_progress', 'train_learner', 'split_options', 'plot_history',
            'summary_line', 'train_command', 'workflow_of', 'read_learner', 'predict_command', 'evaluate_command',
-           'BuildOnly', 'lr_find_command', 'compare_command', 'synth_command', 'make_parser', 'main']
+           'BuildOnly', 'lr_find_command', 'compare_command', 'export_command', 'demo_command', 'synth_command',
+           'make_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #d5917b95
 WORKFLOWS = {   # workflow: (what it does, training data, experiment keys -> the function whose docments describe them, default epochs)
@@ -55,7 +56,7 @@ def workflow_fn(workflow:str, # a key of `WORKFLOWS`
 
 # %% ../nbs/40_cli.ipynb #94896294
 _SKIP = {'experiment', 'source', 'learn', 'folder', 'dest', 'cbs', 'recipes', 'batch_tfms', 'path', 'verbose', 'num_workers', 'device',
-         'valid_images', 'progress', 'counter', 'codes', 'return'}   # not settable from a command line (class names come from codes.txt), or set by the command itself
+         'valid_images', 'progress', 'counter', 'codes', 'return', 'resume', 'checkpoint'}   # not settable from a command line (class names come from codes.txt), or set by the command itself
 
 def _arg_type(default, anno) -> tuple:
     "The argparse type and nargs of a parameter, from its default or annotation; (None, None) when it has no simple type."
@@ -190,10 +191,17 @@ def _export(learn:Learner, fn) -> Path:
     learn.export(out)
     return out
 
+def _checkpointing(args, fn) -> dict:
+    "`resume` and `checkpoint` of `fn`: a checkpoint beside the exported learner unless `--checkpoint` names one."
+    opts = _given(args, fn, ['resume', 'checkpoint'])
+    if 'checkpoint' in docments(fn): opts.setdefault('checkpoint', Path(args.out).absolute().with_name(f'{Path(args.out).stem}_checkpoint.pth'))
+    return opts
+
 def train_command(args) -> Learner:
     "Train `args.workflow` on `args.data`; export the learner, its training log and loss plot, and print its validation scores."
     exp, opts = split_options(args)
     hist = LossHistory()
+    opts |= _checkpointing(args, workflow_fn(args.workflow, 'train'))
     print(f'training {args.workflow} {exp} on {args.data}', flush=True)
     with log_progress(): learn = train_learner(args.workflow, exp, args.data, opts, [hist])
     history, out = _history(learn), _export(learn, args.out)
@@ -306,6 +314,22 @@ def compare_command(args) -> pd.DataFrame:
     print(f'saved {dest}/comparison.csv and plots', flush=True)
     return res
 
+# %% ../nbs/40_cli.ipynb #2fc536fa
+def export_command(args):
+    "Export the learner `args.model` as a bioimage.io model package in the folder `args.dest`."
+    try: from biofastai.bioimageio import export_bioimageio
+    except ImportError as e:
+        print(f'biofastai: error: bioimage.io export needs its extra ({e}); install it with: pip install "biofastai[bioimageio]"', file=sys.stderr)
+        sys.exit(2)
+    out = export_bioimageio(read_learner(args.model), args.dest)
+    print(f'exported {args.model} to {out}', flush=True)
+    return out
+
+def demo_command(args):
+    "Run the demo into `args.out`."
+    from biofastai.demo import demo
+    return demo(args.out, **{k: getattr(args, k) for k in ('quick', 'seed', 'workflows') if hasattr(args, k)})
+
 # %% ../nbs/40_cli.ipynb #44ef3fba
 def synth_command(args):
     "Write the built-in dataset `args.workflow` (or all of them) to `args.dest`."
@@ -363,6 +387,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=synth_command)
     for wf, t in _workflow_parsers(sub, 'train', 'train a model on your data and export it', train_command).items():
         t.add_argument('--out', default=f'models/{wf}.pkl', help='the exported learner; its training log and loss plot are written beside it')
+        t.add_argument('--resume', action='store_true', default=argparse.SUPPRESS,
+                       help='continue an interrupted training from its checkpoint, which every epoch updates (a finished one is not trained again)')
+        t.add_argument('--checkpoint', default=argparse.SUPPRESS, help='the checkpoint file (default: MODEL_checkpoint.pth beside --out)')
     pr = _model_parser(sub, 'predict', 'apply an exported model to every input of a folder, writing TIFFs and CSV tables', predict_command, 'predict_folder')
     pr.add_argument('input', help="folder of inputs in the workflow's layout (images, videos, series or sequences)")
     pr.add_argument('dest', help='output folder')
@@ -379,6 +406,18 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--seed', type=int, help='seed of the split and the initialisation (default: 0)')
     c.add_argument('--retrain', action='store_true', help='train again experiments already finished in dest')
     c.set_defaults(func=compare_command)
+    ex = sub.add_parser('export', help='export a trained model as a bioimage.io model package', description=export_command.__doc__)
+    ex.add_argument('model', help='a learner exported by `biofastai train` (or a workflow notebook)')
+    ex.add_argument('dest', help='folder of the model package (created)')
+    ex.set_defaults(func=export_command)
+    from biofastai.demo import demo   # the demo builds on this module
+    doc = docments(demo)
+    d = sub.add_parser('demo', help='train every workflow briefly on built-in data and write a report of each model against its baseline',
+                       description=demo.__doc__)
+    d.add_argument('--out', default='biofastai-demo', help=f"{doc['dest']} (default: biofastai-demo)")
+    add_params(d, demo, ['quick', 'seed'])
+    d.add_argument('--workflows', nargs='+', choices=list(WORKFLOWS), default=argparse.SUPPRESS, help='the workflows to run (default: all five)')
+    d.set_defaults(func=demo_command)
     return p
 
 # %% ../nbs/40_cli.ipynb #65a138f9
