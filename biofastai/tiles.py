@@ -144,11 +144,11 @@ def seam_score(tiled, # stitched prediction (..., H, W)
     if border: err = err[..., border:-border, border:-border]
     return max(err.diff(dim=-1).abs().max().item(), err.diff(dim=-2).abs().max().item())
 
-# %% ../nbs/05_tiles.ipynb #8ea346a7
+# %% ../nbs/05_tiles.ipynb #c9cff6c0
 class PaddedModel(nn.Module):
     "`model` on inputs padded by `before` and `after` pixels along H and W, its output cropped to the input's size from the top left."
     def __init__(self,
-                 model:nn.Module, # maps (B,C,h,w) to (B,K,h',w') with h' >= h-before-after... positions of its output start at the padded input's top left
+                 model:nn.Module, # maps (B,C,h,w) to (B,K,h',w'), output pixel (i,j) for the patch whose top-left corner is input pixel (i,j)
                  before:int, # pixels padded above and left
                  after:int, # pixels padded below and right
                  mode:str='reflect', # `F.pad` mode
