@@ -33,8 +33,8 @@ from .callbacks import checkpointed
 # %% auto #0
 __all__ = ['ANNOTATION_EXTS', 'SPINE_CLASSES', 'SPINE_COLUMNS', 'spines_points', 'spines_items', 'read_spines', 'spines_patches',
            'spines_dls', 'show_batch', 'show_results', 'SpineCNN', 'spines_learner', 'DenseMaxPool', 'SpineScanner',
-           'scanner_from', 'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'spines_predict', 'show_spines',
-           'spines_predict_folder', 'log_spines', 'tune_log', 'spines_train', 'spines_evaluate']
+           'scanner_from', 'scan', 'scan_patchwise', 'SpineCounter', 'tune_counter', 'head_radii', 'spines_predict',
+           'show_spines', 'spines_predict_folder', 'log_spines', 'tune_log', 'spines_train', 'spines_evaluate']
 
 # %% ../nbs/24_spines.ipynb #15b76c58
 def _table_points(df:pd.DataFrame, source) -> np.ndarray:
@@ -425,6 +425,49 @@ def tune_counter(prob_maps:list, # probability maps (H,W), e.g. `scan` of the va
     best = grid.iloc[0]
     return SpineCounter(float(best.threshold), float(best.eps), int(best.min_samples), float(best.prob_scale)), grid
 
+# %% ../nbs/24_spines.ipynb #f327a57f
+def _brightest_near(x:np.ndarray, y:float, x0:float) -> tuple[int, int]:
+    "The brightest pixel of `x` within one pixel of (y, x0)."
+    iy, ix = int(np.clip(round(y), 0, x.shape[0]-1)), int(np.clip(round(x0), 0, x.shape[1]-1))
+    y1, x1 = max(iy-1, 0), max(ix-1, 0)
+    win = x[y1:iy+2, x1:ix+2]
+    ky, kx = np.unravel_index(np.argmax(win), win.shape)
+    return y1+ky, x1+kx
+
+# %% ../nbs/24_spines.ipynb #c51557f8
+def _half_max_distances(x:np.ndarray, # (H,W) normalised image
+                        cy:int, cx:int, # the head's brightest pixel
+                        n_rays:int, # directions
+                        max_radius:float, # farthest distance sampled; also the half-width of the background window
+                        step:float=0.25, # sampling step along a ray, pixels
+                       ) -> np.ndarray:
+    "Along each ray from (cy, cx): the distance at which `x` first falls half-way to the local background (`max_radius` if it does not)."
+    m = int(np.ceil(max_radius))
+    bg = np.percentile(x[max(cy-m, 0):cy+m+1, max(cx-m, 0):cx+m+1], 10)
+    half = (x[cy, cx]+bg)/2
+    d, a = np.arange(0, max_radius+step/2, step), np.linspace(0, 2*np.pi, n_rays, endpoint=False)
+    prof = ndi.map_coordinates(x, [cy+np.outer(np.sin(a), d), cx+np.outer(np.cos(a), d)], order=1, mode='nearest')
+    below = prof < half
+    k = np.where(below.any(1), below.argmax(1), len(d)-1)
+    k0, rows = np.maximum(k-1, 0), np.arange(n_rays)
+    crossed = below.any(1) & (k>0)
+    frac = np.where(crossed, (prof[rows, k0]-half)/np.maximum(prof[rows, k0]-prof[rows, k], 1e-12), 0.)   # linear between samples
+    return d[k0] + step*frac*crossed
+
+# %% ../nbs/24_spines.ipynb #2a939e01
+def head_radii(image, # (C,H,W) or (H,W) image, raw intensities (channels are averaged)
+               centres, # (N,2) spine centres y, x, e.g. `spines_predict`'s
+               n_rays:int=16, # directions of the radial profiles
+               max_radius:float=8., # farthest distance sampled, pixels
+               q:float=10., # percentile over the rays (low: the sides where the head meets the background)
+               smooth:float=0.5, # Gaussian smoothing of the image before measuring, pixels
+              ) -> np.ndarray: # (N,) radii in pixels, at least 0.5
+    "The radius of each spine head: the `q`-th percentile over rays of the half-maximum distance from its brightest pixel."
+    x = ndi.gaussian_filter(normalize_percentile(_finite_chw(image, 'image')).mean(0), smooth)
+    c = np.asarray(centres, np.float64).reshape(-1, 2)
+    return np.array([max(float(np.percentile(_half_max_distances(x, *_brightest_near(x, y, x0), n_rays, max_radius), q)), 0.5)
+                     for y, x0 in c])
+
 # %% ../nbs/24_spines.ipynb #f2521a95
 def _counter(learn, counter:SpineCounter|None) -> SpineCounter:
     "`counter`, else the one `spines_train` tuned (`learn.counter`), else `SpineCounter()`."
@@ -436,8 +479,9 @@ def spines_predict(learn:Learner|SpineCNN|SpineScanner, # a trained spine learne
                    counter:SpineCounter|None=None, # from `tune_counter`; None: `learn.counter` (set by `spines_train`), else `SpineCounter()`
                    tile_size:int=128, # tile size for `scan`
                   ) -> pd.DataFrame:
-    "The spines of `image`, one row each: centre y, x, size in pixels, mean probability."
-    return _counter(learn, counter)(scan(learn, image, tile_size))
+    "The spines of `image`, one row each: centre y, x, head size in pixels (pi r**2, r from `head_radii`), mean probability."
+    spines = _counter(learn, counter)(scan(learn, image, tile_size))
+    return spines.assign(size=np.pi*head_radii(image, spines[['y', 'x']].to_numpy())**2)
 
 # %% ../nbs/24_spines.ipynb #a9e50ce1
 def show_spines(image, # (C,H,W) or (H,W) image

@@ -60,7 +60,7 @@ def test_export_and_predict_folder(trained, tmp_path):
     spines = spines_predict(learn, im, trained['counter']); n = len(spines)
     assert list(table.columns) == SPINE_COLUMNS and len(table) == n == counts['count'][0]
     np.testing.assert_allclose(table[['y', 'x', 'size']].to_numpy(float), spines[['y', 'x', 'size']].to_numpy(float), atol=1e-6)
-    assert (table['size'] >= 1).all() and table.prob.between(trained['counter'].threshold, 1).all()
+    assert table['size'].between(np.pi*0.5**2, np.pi*8**2).all() and table.prob.between(trained['counter'].threshold, 1).all()
     assert (tmp_path/'out'/'dendrite_000.png').stat().st_size > 1000
 
 @pytest.fixture
