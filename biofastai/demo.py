@@ -10,8 +10,8 @@ import base64, html, io, time
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
-from fastcore.basics import noop
 from fastai.callback.core import Callback
+from fastai.imports import noop   # the `noop` fastai's progress bar compares the logger with (not fastcore's)
 from fastai.torch_core import default_device
 from fastai.vision.models.xresnet import xresnet18
 from .core import outline_overlay
