@@ -1,7 +1,8 @@
 "The `biofastai` verbs for every workflow: train, predict, evaluate, lr-find, compare; export and reload in a fresh process."
 import subprocess, sys, shutil, json
 from pathlib import Path
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
+from fastai.learner import load_learner
 from biofastai.cli import main, make_parser
 from biofastai.io import read_stack, read_mask
 from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
@@ -90,3 +91,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     errors = [l for l in r.stderr.splitlines() if l.startswith('biofastai: error:')]   # library warnings may come before it
     assert r.returncode == 2 and len(errors) == 1 and 'Traceback' not in r.stderr, r.stderr
     assert 'loading code 150' in errors[0] and 'use a raw channel 0-50 or one of the recipe codes' in errors[0]
+
+def test_train_resumes_from_its_checkpoint(data, tmp_path, capsys):
+    "`train --resume` goes on from the checkpoint beside the model: a finished training is not redone, so even another seed keeps its weights."
+    def train(out, *opts):
+        main(['train', 'spines', str(data['spines']), '--epochs', '1', '--filters', '4', '8', '8', '--out', str(tmp_path/out), *opts])
+        return load_learner(tmp_path/out).model.state_dict()
+    first = train('spines.pkl')
+    assert (tmp_path/'spines_checkpoint.pth').stat().st_size > 0
+    resumed, fresh = train('spines.pkl', '--seed', '1', '--resume'), train('fresh.pkl', '--seed', '1')
+    assert all(torch.equal(first[k], resumed[k]) for k in first)
+    assert not all(torch.equal(first[k], fresh[k]) for k in first)   # without the checkpoint, seed 1 trains other weights
+
+def test_demo_and_export_help():
+    "The demo's options come from the docments of `demo`; export is listed with its two arguments."
+    from fastcore.docments import docments
+    from biofastai.demo import demo
+    verbs = make_parser()._subparsers._group_actions[0].choices
+    assert verbs['demo']._option_string_actions['--quick'].help.startswith(docments(demo)['quick'])
+    r = run_cli('export', '--help')
+    assert r.returncode == 0 and 'usage: biofastai export [-h] model dest' in r.stdout
