@@ -18,7 +18,7 @@ from .core import outline_overlay
 from .io import read_stack, read_mask
 from .synth import synth_cells, synth_videos, make_video, synth_spots, synth_nextframe, synth_dendrites
 from .compare import LossHistory, _history
-from .cli import WORKFLOWS, workflow_fn, train_learner, log_progress, plot_history
+from .cli import workflow_fn, train_learner, log_progress, plot_history, _export
 
 # %% auto #0
 __all__ = ['DEMOS', 'TRUTH', 'PRED', 'FIGURES', 'COLUMNS', 'cellseg_recipe', 'rescunet_recipe', 'spots_recipe',
@@ -268,7 +268,7 @@ def run_workflow(workflow:str, # a key of `DEMOS`
     with log_progress(): learn = train_learner(workflow, r['experiment'], r['source'], dict(seed=seed, **r.get('options', {})), [LossHistory(), QuietEpochs()])
     train_s, history = time.perf_counter()-t, _history(learn)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, QuietEpochs)])
-    learn.export((Path(dest)/'models').absolute()/f'{workflow}.pkl')
+    _export(learn, Path(dest)/'models'/f'{workflow}.pkl')
     valid = [e['valid_loss'] for e in history['epochs'] if e.get('valid_loss') is not None]
     say(workflow, f"trained {r['experiment']['epochs']} epochs, validation loss {valid[-1] if valid else float('nan'):.4f}; "
                   f"saved models/{workflow}.pkl ({train_s:.0f} s)")
