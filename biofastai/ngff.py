@@ -205,6 +205,14 @@ def _block_chunks(n:int, block:int, least:int) -> tuple:
     return tuple(sizes)
 
 # %% ../nbs/06_ngff.ipynb #79e4eaea
+def _argmax0(y:torch.Tensor) -> torch.Tensor:
+    "The index (uint8) of the largest of the K (H,W) maps in `y` at each pixel: K elementwise passes, much faster than `argmax(0)`, which reduces along the slowest axis."
+    best, idx = y[0].clone(), torch.zeros(y.shape[1:], dtype=torch.uint8)
+    for k in range(1, len(y)):
+        more = y[k] > best
+        idx[more], best = k, torch.maximum(best, y[k])
+    return idx
+
 class _BlockPredictor:
     "Predicts a block with its halo as `map_overlap` hands it over (all axes but c, y, x of length 1), and crops the halo off."
     def __init__(self, model, preprocess, activation, labels:bool, channels, halo:int, c_axis:int, tile_kw:dict):
@@ -212,10 +220,11 @@ class _BlockPredictor:
         self.channels,self.halo,self.c_axis,self.tile_kw = channels,halo,c_axis,tile_kw
 
     def predict(self, block:np.ndarray) -> np.ndarray:
-        "Class scores (K,h,w) of a (C,h,w) block."
+        "Class scores (K,h,w), or the most likely class (1,h,w), of a (C,h,w) block."
         x = self.preprocess(block) if self.preprocess else block
-        y = predict_tiled(self.model, x, activation=self.activation, **self.tile_kw).numpy()
-        return y.argmax(0)[None].astype(np.uint8 if len(y)<=256 else np.int32) if self.labels else y if self.channels is None else y[self.channels]
+        y = predict_tiled(self.model, x, activation=self.activation, **self.tile_kw)
+        if self.labels: return _argmax0(y)[None].numpy()
+        return (y if self.channels is None else y[self.channels]).numpy()
 
     def __call__(self, block:np.ndarray, block_info=None) -> np.ndarray:
         info = block_info[0]
