@@ -12,8 +12,6 @@ import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 import scipy.io
 from torch import nn
 from scipy import ndimage as ndi
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 from skimage.feature import blob_log
 from skimage.segmentation import find_boundaries
 from fastcore.basics import store_attr, listify
@@ -24,23 +22,23 @@ from fastai.torch_core import TensorMask, show_image, default_device, set_seed
 from fastai.vision.data import get_grid
 from fastai.learner import Learner, Metric
 from fastai.callback.core import Callback
-from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.schedule import fit_one_cycle  # patch it onto `Learner`
 from fastprogress.fastprogress import progress_bar
 from plum import dispatch
 from .core import (BioDataError, MissingFileError, CorruptFileError, ShapeError, EmptyDataError, ValueRangeError,
-                            as_rng, inference_model, composite, experiment_params, TensorSequence, TensorWeights)
+                            as_rng, inference_model, composite, experiment_params, atomic_write, TensorSequence, TensorWeights)
+from .callbacks import checkpointed
 from .io import read_stack, read_mask, read_table, normalize_percentile, write_tiff
 from .losses import MaskedLoss
-from .metrics import match_spots, _assign
+from .metrics import match_spots, match_points
 from .sequences import backprop_windows, reassemble, SeqDihedral, SeqAffine
 
 # %% auto #0
 __all__ = ['SERIES_FILES', 'MAT_KEYS', 'ARCH_PATHS', 'SPOT_COLUMNS', 'read_spot_series', 'spots_items', 'SeriesList',
            'SeriesDataLoader', 'spots_dls', 'show_batch', 'show_results', 'SpotCell', 'SpotNet', 'SeriesResetter',
-           'SpotF1', 'spots_learner', 'checkpoints', 'spots_fit', 'find_spots', 'link_spots', 'spot_bursts',
-           'plot_bursts', 'spot_probabilities', 'spots_predict', 'spots_predict_folder', 'log_spots', 'score_spots',
-           'tune_log_spots', 'tune_threshold', 'spots_evaluate', 'spots_train']
+           'SpotF1', 'work_name', 'spots_learner', 'find_spots', 'link_spots', 'spot_bursts', 'plot_bursts',
+           'spot_probabilities', 'spots_predict', 'spots_predict_folder', 'log_spots', 'score_spots', 'tune_log_spots',
+           'tune_threshold', 'tune_thresholds', 'spots_evaluate', 'spots_train']
 
 # %% ../nbs/22_spots.ipynb #04381980
 SERIES_FILES = dict(image='image.tif', labels='labels.tif', spot_mask='spot_mask.tif', cell_mask='cell_mask.tif', spots='spots.csv')
@@ -236,14 +234,14 @@ class SeriesDataLoader(DataLoader):
         return super().new(dataset, cls, **{'backprop_length': self.backprop_length, 'augment': self.augment, 'size': self.size, **kwargs})
 
     def _plan(self):
-        "Deal the series (shuffled in training) to the lanes, longest lane first, and list (lane, series, window) batch by batch."
+        "Deal the series (shuffled in training), longest first, each to the emptiest lane, and list (lane, series, window) batch by batch."
         order = list(range(len(self.dataset or [])))
         if self.shuffle: self.rng.shuffle(order)
+        n_win = {i: len(backprop_windows(len(self.dataset[i]['x']), self.backprop_length)[0]) for i in order}
+        order.sort(key=lambda i: -n_win[i])   # stable, so shuffled among equals, and the number of batches never depends on the shuffle
         self.n_lanes = max(1, min(self.bs or 1, len(order)))
         lanes = [[] for _ in range(self.n_lanes)]
-        for i in order:
-            n_win = len(backprop_windows(len(self.dataset[i]['x']), self.backprop_length)[0])
-            min(lanes, key=len).extend((i, w) for w in range(n_win))
+        for i in order: min(lanes, key=len).extend((i, w) for w in range(n_win[i]))
         n_batches = max(map(len, lanes))
         self.schedule = [(l, *(lanes[l][b] if b < len(lanes[l]) else (None, None))) for b in range(n_batches) for l in range(self.n_lanes)]
         self.n = len(self.schedule)
@@ -251,7 +249,7 @@ class SeriesDataLoader(DataLoader):
     def __len__(self): return len(self.schedule)//self.n_lanes
     def get_idxs(self): return list(self.schedule)
     def chunkify(self, b): return super().chunkify(b) if self.n_lanes==self.bs else (list(c) for c in _chunks(b, self.n_lanes))
-    def after_iter(self): self._plan()   # next epoch: a new deal
+    def before_iter(self): self._plan()   # after fastai's `randomize`: a new deal every epoch, from the generator a `Checkpoint` restores
 
     def _series(self, lane:int, i:int):
         "Series `i` as typed tensors, augmented once for its whole run through `lane`."
@@ -450,13 +448,19 @@ class SpotF1(Metric):
     def name(self): return 'spot_f1'
 
 # %% ../nbs/22_spots.ipynb #d2a0e1d4
+def work_name(backprop_length:int, # frames per window
+              arch_path:str, # 'forward' or 'forward_backward'
+             ) -> str:
+    "The seed's name of a configuration's work folder, where its checkpoints go."
+    return f'rnn_loop_bp_{backprop_length}_path_{arch_path}'
+
 def spots_learner(dls:DataLoaders, # from `spots_dls`
                   arch_path:str='forward', # 'forward' or 'forward_backward'
                   backprop_length:int=6, # frames per window (and truncation of back-propagation); sets the windows of `dls`
                   conv_size:int=3, # kernel size of the frame convolutions
                   combiner_conv_size:int=7, # kernel size of the state-merging convolution (large: spots move)
                   layer_depth:int=64, # filters per layer
-                  work_dir='.', # checkpoints go to work_dir/rnn_loop_bp_X_path_Y
+                  work_dir='.', # the learner's path; checkpoints go to its folder `work_name(backprop_length, arch_path)`
                   metrics=None, # None: `SpotF1()`
                   cbs=None, # more callbacks, beside the `SeriesResetter`
                   **kwargs # passed to `Learner`
@@ -466,33 +470,7 @@ def spots_learner(dls:DataLoaders, # from `spots_dls`
     model = SpotNet(arch_path, backprop_length, getattr(dls, 'normalize', (1., 99.8)), n_in=dls.train.one_batch()[0].shape[2],
                     layer_depth=layer_depth, conv_size=conv_size, combiner_conv_size=combiner_conv_size)
     return Learner(dls, model, loss_func=MaskedLoss(axis=2), metrics=[SpotF1()] if metrics is None else metrics,
-                   cbs=[SeriesResetter(), *listify(cbs)], path=Path(work_dir), model_dir=f'rnn_loop_bp_{backprop_length}_path_{arch_path}', **kwargs)
-
-# %% ../nbs/22_spots.ipynb #9918ace3
-def checkpoints(learn:Learner) -> list[str]:
-    "Names of the checkpoints in `learn`'s work directory, oldest epoch first."
-    d = learn.path/learn.model_dir
-    names = [p.stem for p in d.glob('epoch_*.pth')] if d.exists() else []
-    return sorted(names, key=lambda n: int(n.split('_')[1]))
-
-def spots_fit(learn:Learner, # from `spots_learner`
-              epochs:int, # epochs of the whole one-cycle schedule
-              lr:float=3e-3, # peak learning rate
-              resume:str|None=None, # None: start afresh; 'latest' or a checkpoint name such as 'epoch_3': continue from it
-              save:bool=True, # save a checkpoint after every epoch
-             ) -> Learner:
-    "Fit with one-cycle, saving a checkpoint per epoch; optionally resume from the latest or a named checkpoint."
-    start = 0
-    if resume is not None:
-        names = checkpoints(learn)
-        name = names[-1] if resume=='latest' and names else resume
-        if name not in names: raise MissingFileError(learn.path/learn.model_dir, f'checkpoints {names}', f'checkpoint {resume!r}',
-                                                    "train first, or pass resume='latest' or one of the names found")
-        learn.load(name, with_opt=True)
-        start = int(name.split('_')[1])+1
-    cbs = [SaveModelCallback(every_epoch=True, fname='epoch', with_opt=True)] if save else []
-    if start < epochs: learn.fit_one_cycle(epochs, lr, cbs=cbs, start_epoch=start)
-    return learn
+                   cbs=[SeriesResetter(), *listify(cbs)], path=Path(work_dir), model_dir=work_name(backprop_length, arch_path), **kwargs)
 
 # %% ../nbs/22_spots.ipynb #47be8707
 SPOT_COLUMNS = ['frame', 'y', 'x', 'probability', 'intensity', 'area']
@@ -524,10 +502,7 @@ def link_spots(spots:pd.DataFrame, # columns frame, y, x (e.g. from `find_spots`
     track, ends = np.full(len(spots), -1), []   # ends: per track, (last frame, y, x)
     for t, g in spots.groupby('frame'):
         live = [k for k, (f, _, _) in enumerate(ends) if t-f <= max_gap+1]
-        rows, cols = np.zeros(0, int), np.zeros(0, int)
-        if live:
-            d = cdist(np.array([ends[k][1:] for k in live]), g[['y', 'x']].to_numpy())
-            rows, cols = _assign(d<=radius, np.clip(1-d/radius, 0, 1))
+        rows, cols = match_points(np.array([ends[k][1:] for k in live]), g[['y', 'x']].to_numpy(float), radius)
         for r, c in zip(rows, cols): track[g.index[c]] = live[r]
         for c, i in enumerate(g.index):
             if track[i] < 0: track[i] = len(ends); ends.append(None)
@@ -586,12 +561,13 @@ def spot_probabilities(model, # a `SpotNet`, or a learner holding one
 
 def spots_predict(learn, # a trained spot learner (or `SpotNet`)
                   series, # series folder, .mat or stack file, dict from `read_spot_series`, or (T,H,W) array of raw intensities
-                  threshold:float=0.5, # smallest probability of a spot pixel
+                  threshold:float|None=None, # smallest probability of a spot pixel; None: the one `spots_train` tuned (`learn.threshold`), else 0.5
                   min_area:int=1, # smallest spot, pixels
                   link_radius:float=3., # largest move of a burst between frames, pixels
                   max_gap:int=1, # frames a burst may vanish for
                  ) -> tuple[np.ndarray, pd.DataFrame]:
     "Per-frame spot probabilities (T,H,W) in the original frame order, and the spots (frame, y, x, probability, intensity, area, track)."
+    if threshold is None: threshold = getattr(learn, 'threshold', 0.5)
     m, _ = inference_model(learn)
     image, x, cell = _as_series(series, m.normalize)
     probs = spot_probabilities(m, x)
@@ -599,21 +575,29 @@ def spots_predict(learn, # a trained spot learner (or `SpotNet`)
     return probs, link_spots(find_spots(probs, image, threshold, min_area), link_radius, max_gap)
 
 # %% ../nbs/22_spots.ipynb #2cc64871
+def _series_name(p:Path) -> str: return p.stem if p.is_file() else p.name
+
+def _write_csv(df:pd.DataFrame, fn:Path) -> Path:
+    with atomic_write(fn) as tmp: df.to_csv(tmp, index=False)
+    return fn
+
 def spots_predict_folder(learn, # a trained spot learner
                          folder, # folder of series (or one series)
                          dest, # writes dest/probabilities/NAME.tif, dest/spots/NAME.csv and dest/bursts/NAME.csv
-                         threshold:float=0.5, # smallest probability of a spot pixel
+                         threshold:float|None=None, # smallest probability of a spot pixel; None: the learner's tuned one
+                         overwrite:bool=False, # predict again series whose three files are all there (from an earlier, interrupted run)
                          **kwargs # passed to `spots_predict`
                         ) -> pd.DataFrame:
-    "Predict every series in `folder`; write probability stacks, spot tables and burst tables."
+    "Predict every series in `folder`; write probability stacks, spot tables and burst tables, each file atomically."
     dest, rows = Path(dest), []
     for p in progress_bar(list(_series_sources(folder))):
-        s = read_spot_series(p)
-        probs, spots = spots_predict(learn, s, threshold, **kwargs)
-        (dest/'spots').mkdir(parents=True, exist_ok=True); (dest/'bursts').mkdir(parents=True, exist_ok=True)
-        spots.to_csv(dest/'spots'/f"{s['name']}.csv", index=False); spot_bursts(spots).to_csv(dest/'bursts'/f"{s['name']}.csv", index=False)
-        rows.append(dict(series=p, probabilities=write_tiff(dest/'probabilities'/f"{s['name']}.tif", probs.astype(np.float32)),
-                         spots=dest/'spots'/f"{s['name']}.csv", n_spots=len(spots), n_bursts=spots.track.nunique()))
+        out = {k: dest/k/f'{_series_name(p)}.{ext}' for k, ext in (('probabilities', 'tif'), ('spots', 'csv'), ('bursts', 'csv'))}
+        if overwrite or not all(f.exists() for f in out.values()):
+            probs, spots = spots_predict(learn, read_spot_series(p), threshold, **kwargs)
+            write_tiff(out['probabilities'], probs.astype(np.float32))
+            _write_csv(spots, out['spots']); _write_csv(spot_bursts(spots), out['bursts'])   # the bursts last: they mark the series done
+        else: spots = pd.read_csv(out['spots'])
+        rows.append(dict(series=p, **out, n_spots=len(spots), n_bursts=spots.track.nunique()))
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_spots.ipynb #f11ac415
@@ -642,10 +626,6 @@ def log_spots(series, # series folder, .mat file or dict from `read_spot_series`
     return c[c.response>=threshold].reset_index(drop=True)
 
 # %% ../nbs/22_spots.ipynb #ee0e35fb
-def _pairs(p:np.ndarray, t:np.ndarray, radius:float) -> tuple[np.ndarray, np.ndarray]:
-    d = cdist(p, t) if len(p) and len(t) else np.zeros((len(p), len(t)))
-    return _assign(d<=radius, np.clip(1-d/radius, 0, 1))
-
 def _f1(tp, fp, fn) -> float: return 2*tp/(2*tp+fp+fn) if 2*tp+fp+fn else 1.
 
 def score_spots(pred:pd.DataFrame, # predicted spots: frame, y, x
@@ -658,7 +638,7 @@ def score_spots(pred:pd.DataFrame, # predicted spots: frame, y, x
     tp = fp = fn = tail_tp = 0
     for t in set(pred.frame) | set(truth.frame):
         p, tt = pred[pred.frame==t], truth[truth.frame==t]
-        rows, cols = _pairs(p[['y', 'x']].to_numpy(float), tt[['y', 'x']].to_numpy(float), radius)
+        rows, cols = match_points(p[['y', 'x']].to_numpy(float), tt[['y', 'x']].to_numpy(float), radius)
         tp, fp, fn = tp+len(rows), fp+len(p)-len(rows), fn+len(tt)-len(rows)
         if tail is not None: tail_tp += int(tail[truth.index.get_indexer(tt.index[cols])].sum())
     res = dict(precision=tp/(tp+fp) if tp+fp else 1., recall=tp/(tp+fn) if tp+fn else 1., f1=_f1(tp, fp, fn), tp=tp, fp=fp, fn=fn)
@@ -705,14 +685,25 @@ def _training_series(learn, what:str) -> list:
                                f'pass {what}= (e.g. from tune_log_spots or tune_threshold on the training series)')
     return list(items.series[~items.is_valid])
 
+def tune_thresholds(learn, # a trained spot learner
+                    series:list|None=None, # training series; None: those of `learn.dls`
+                    radius:float=3., # largest distance of a match
+                   ) -> Learner:
+    "Tune the model's and the LoG baseline's thresholds on `series` and keep them on `learn` (`threshold`, `log_threshold`)."
+    series = [read_spot_series(p) for p in (_training_series(learn, 'threshold') if series is None else series)]
+    learn.threshold = tune_threshold(learn, series, radius=radius)[0]
+    learn.log_threshold = tune_log_spots(series, learn.model.normalize, radius=radius)[0]
+    return learn
+
 def spots_evaluate(learn, # a trained spot learner
                    source=None, # None: the validation series of `learn.dls`; else a folder or list of series
-                   threshold:float|None=None, # smallest probability of a spot pixel; None: tuned on the training series of `learn.dls`
+                   threshold:float|None=None, # smallest probability of a spot pixel; None: `learn.threshold`, else tuned on the training series of `learn.dls`
                    radius:float=3., # largest distance of a match, pixels
-                   log_threshold:float|None=None, # LoG threshold; None: tuned on the training series of `learn.dls`
+                   log_threshold:float|None=None, # LoG threshold; None: `learn.log_threshold`, else tuned on the training series of `learn.dls`
                    tail_fraction:float=0.6, # faint tail spots: amplitude <= this fraction of the series' brightest
                   ) -> pd.DataFrame:
     "Per series: spot precision, recall, F1 and tail F1 of the model, beside a LoG detector; both thresholds tuned on the same training series."
+    threshold, log_threshold = (getattr(learn, k, None) if v is None else v for k, v in (('threshold', threshold), ('log_threshold', log_threshold)))
     if threshold is None: threshold = tune_threshold(learn, _training_series(learn, 'threshold'), radius=radius)[0]
     if log_threshold is None: log_threshold = tune_log_spots(_training_series(learn, 'log_threshold'), learn.model.normalize, radius=radius)[0]
     items = getattr(learn.dls, 'items', None)
@@ -737,16 +728,21 @@ def spots_train(experiment:dict, # name, epochs; optional arch_path, backprop_le
                 bs:int=4, # lanes per batch
                 seed:int=0, # seed of the split, augmentation and initialisation
                 valid_pct:float=0.25, # fraction of series for validation, unless `source` has an `is_valid` column
-                work_dir='.', # checkpoints go to work_dir/rnn_loop_bp_X_path_Y
+                work_dir='.', # the learner's path
                 cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                resume:bool=False, # continue from the checkpoint if it exists
+                checkpoint=None, # checkpoint file, relative to `work_dir`; default `work_name(backprop_length, arch_path)/<name>.pth`
                 **kwargs # passed to `spots_dls`
                ) -> Learner:
-    "Build the data and learner of one `experiment` and fit it; `compare_models` calls this."
+    "Build the data and learner of one `experiment`, fit it with a checkpoint every epoch, and tune its thresholds on the training series."
     e = experiment_params(experiment, dict(arch_path='forward', backprop_length=6, conv_size=3, combiner_conv_size=7, layer_depth=64, lr=3e-3,
                                            background_weight=0.1, spot_weight=5.))
     set_seed(seed, reproducible=True)
     dls = spots_dls(source, e['backprop_length'], bs=bs, valid_pct=valid_pct, seed=seed, background_weight=e['background_weight'],
                     spot_weight=e['spot_weight'], **kwargs)
     set_seed(seed, reproducible=True)
-    learn = spots_learner(dls, e['arch_path'], e['backprop_length'], e['conv_size'], e['combiner_conv_size'], e['layer_depth'], work_dir=work_dir, cbs=cbs)
-    return spots_fit(learn, e['epochs'], e['lr'])
+    checkpoint = checkpoint or Path(work_name(e['backprop_length'], e['arch_path']))/f"{e['name']}.pth"
+    learn = spots_learner(dls, e['arch_path'], e['backprop_length'], e['conv_size'], e['combiner_conv_size'], e['layer_depth'], work_dir=work_dir,
+                          cbs=checkpointed(cbs, e['name'], checkpoint, resume))
+    learn.fit_one_cycle(e['epochs'], e['lr'])
+    return tune_thresholds(learn)
