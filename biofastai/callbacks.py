@@ -6,19 +6,20 @@ Docs: https://biofastai.github.io/biofastai/callbacks.html.md"""
 
 # %% ../nbs/12_callbacks.ipynb #d3e6e888
 from __future__ import annotations
-import random
+import random, time
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelEpochException
+from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Recorder
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import get_model
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint', 'checkpointed']
+__all__ = ['atomic_save', 'rng_states', 'set_rng_states', 'Checkpoint', 'epochs_for', 'BestWeights', 'checkpointed']
 
 # %% ../nbs/12_callbacks.ipynb #3efc5d3b
 def atomic_save(obj, # anything `torch.save` can write
@@ -52,12 +53,17 @@ def _recorded(rec:Recorder) -> dict:
     "What `rec` has recorded so far, and the state of its smoothed loss."
     return {**{k: list(getattr(rec, k)) for k in _RECORDED}, 'smooth_loss': (rec.smooth_loss.val, rec.smooth_loss.count)}
 
+def _stateful(learn) -> list:
+    "The callbacks of `learn` with a state to checkpoint."
+    return [cb for cb in learn.cbs if hasattr(type(cb), 'checkpoint_state')]
+
 class Checkpoint(Callback):
     "Save the whole training state atomically after every epoch to `path`; with `resume`, continue from it."
     order = ProgressCallback.order+1   # after `Recorder` has logged the epoch and the progress bar has counted it
     def __init__(self,
         path='checkpoint.pth', # checkpoint file, relative to `learn.path` unless absolute
         resume:bool=False, # continue from `path` if it exists
+        every:float=0., # least seconds between two saves (a fit's last epoch is always saved); 0: every epoch
     ): store_attr(); self.fit_no = -1
 
     @property
@@ -66,13 +72,14 @@ class Checkpoint(Callback):
     def before_fit(self):
         if hasattr(self.learn, 'lr_finder'): self.run = False; return   # `run` is back to True after the fit
         self.fit_no += 1
-        self.start_epoch, self.pending = 0, None
+        self.start_epoch, self.pending, self.saved_at = 0, None, time.monotonic()
         if not (self.resume and self.fname.exists()): return
         state = torch.load(self.fname, map_location='cpu', weights_only=False)
         if state['fit'] > self.fit_no: self.start_epoch = self.n_epoch   # this fit had finished: skip it
         elif state['fit'] == self.fit_no:
             get_model(self.learn.model).load_state_dict(state['model'])
             self.learn.opt.load_state_dict(state['opt'])
+            for cb in _stateful(self.learn): cb.load_checkpoint_state(state['callbacks'][cb.name])
             self.start_epoch, self.pending = state['epoch']+1, state
 
     def _restore(self):
@@ -88,18 +95,53 @@ class Checkpoint(Callback):
         if self.pending is not None: self._restore()
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch: return
+        if self.epoch < self.start_epoch or (self.epoch < self.n_epoch-1 and time.monotonic()-self.saved_at < self.every): return
         atomic_save(dict(fit=self.fit_no, epoch=self.epoch, n_epoch=self.n_epoch, model=get_model(self.learn.model).state_dict(),
-                         opt=self.learn.opt.state_dict(), recorder=_recorded(self.learn.recorder), rng=rng_states(self.dls)), self.fname)
+                         opt=self.learn.opt.state_dict(), recorder=_recorded(self.learn.recorder), rng=rng_states(self.dls),
+                         callbacks={cb.name: cb.checkpoint_state() for cb in _stateful(self.learn)}), self.fname)
+        self.saved_at = time.monotonic()
 
     def after_fit(self):
         if self.pending is not None: self._restore()   # the checkpoint was this fit's last epoch
 
-# %% ../nbs/12_callbacks.ipynb #229ca329
+# %% ../nbs/12_callbacks.ipynb #fa434a4c
+def epochs_for(steps:int, # optimizer steps wanted
+               n_batches:int, # batches an epoch (`len(dls.train)`)
+              ) -> int:
+    "The fewest whole epochs of `n_batches` batches that make at least `steps` optimizer steps."
+    return max(1, -(-steps//max(n_batches, 1)))
+
+# %% ../nbs/12_callbacks.ipynb #2b37e324
+class BestWeights(TrackerCallback):
+    "Keep the weights of the epoch with the best `monitor` in memory; load them when the fit ends."
+    order = TrackerCallback.order   # before `Checkpoint`, which saves this state with the rest
+    def before_fit(self):
+        super().before_fit()
+        self.weights, self.best_epoch = None, None
+
+    def before_epoch(self): self.skipped = False
+    def after_cancel_epoch(self): self.skipped = True
+
+    def after_epoch(self):
+        if self.skipped: return   # an epoch a resume skipped was neither trained nor validated
+        super().after_epoch()
+        if self.new_best:
+            self.best_epoch = self.epoch
+            self.weights = {k: v.detach().to('cpu', copy=True) for k,v in get_model(self.learn.model).state_dict().items()}
+
+    def after_fit(self):
+        super().after_fit()
+        if self.weights is not None: get_model(self.learn.model).load_state_dict(self.weights)
+
+    def checkpoint_state(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch, weights=self.weights)
+    def load_checkpoint_state(self, state:dict): self.best, self.best_epoch, self.weights = state['best'], state['best_epoch'], state['weights']
+
+# %% ../nbs/12_callbacks.ipynb #7eef0b0d
 def checkpointed(cbs, # the callbacks a train function was given
                  name:str, # the experiment's name, which names the file
                  checkpoint=None, # checkpoint file; default `checkpoints/{name}.pth` under the learner's path
                  resume:bool=False, # continue from the checkpoint if it exists
+                 every:float=0., # least seconds between two saves (see `Checkpoint`); 0: every epoch
                 ) -> L:
     "`cbs` and a `Checkpoint` for the experiment `name`: what every `<wf>_train` passes to its learner."
-    return L(cbs) + Checkpoint(checkpoint or Path('checkpoints')/f'{name}.pth', resume=resume)
+    return L(cbs) + Checkpoint(checkpoint or Path('checkpoints')/f'{name}.pth', resume=resume, every=every)
