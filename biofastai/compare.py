@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
 from scipy import stats
-from fastcore.basics import listify
+from fastcore.basics import listify, store_attr
 from fastai.torch_core import set_seed
 from fastai.callback.core import Callback
-from fastai.callback.schedule import LRFinder
 from fastai.learner import Learner, load_learner
-from .core import ValueRangeError, EmptyDataError, MissingFileError
+from .core import ValueRangeError, EmptyDataError, MissingFileError, atomic_write
+from .callbacks import Checkpoint, checkpointed
+from .distributed import is_rank0
 
 # %% auto #0
-__all__ = ['mean_ci', 'LossHistory', 'n_params', 'compare_models', 'load_learners', 'plot_comparison', 'plot_losses',
-           'show_predictions']
+__all__ = ['mean_ci', 'LossHistory', 'loss_history', 'n_params', 'compare_models', 'load_learners', 'plot_comparison',
+           'plot_losses', 'show_predictions']
 
 # %% ../nbs/30_compare.ipynb #ca65056e
 def mean_ci(values, # per-image values of one metric; NaNs are left out
@@ -42,29 +43,52 @@ def _num(v):
 
 # %% ../nbs/30_compare.ipynb #bb2b4c8c
 class LossHistory(Callback):
-    "Record the smoothed training loss per batch and the recorder's values per epoch, across every `fit`."
-    order = 51  # after `Recorder`, which computes the smoothed loss and the epoch's values
-    def __init__(self): self.train_loss,self.epoch_values = [],[]
-    def before_fit(self): self.skip = any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
-    def after_batch(self):
-        if self.training and not self.skip: self.train_loss.append(float(self.learn.smooth_loss))
-    def after_epoch(self):
-        if self.skip: return
+    "The smoothed training loss per batch and the recorder's values per epoch across every `fit`, kept in `fname` to survive a resume."
+    order = Checkpoint.order+1   # after `Checkpoint` has brought back the recorder of a resumed fit
+    def __init__(self,
+                 fname=None, # JSON file keeping the finished fits; None: memory only
+                 resume:bool=False, # start from the fits `fname` holds: those a resumed training skips
+                ):
+        store_attr()
+        self.fits = json.loads(Path(fname).read_text()) if resume and fname and Path(fname).exists() else []
+        self.fit_no = -1
+
+    def before_fit(self):
+        if hasattr(self.learn, 'lr_finder'): self.run = False; return   # `run` is back to True after the fit
+        self.fit_no += 1
+
+    def after_fit(self):
+        if self.fit_no < len(self.fits): return   # finished before the interruption: skipped by the resumed training
         rec = self.learn.recorder
         names = [n for n in rec.metric_names[1:] if n!='time']
-        self.epoch_values.append({'iter': len(self.train_loss), **{n: _num(v) for n,v in zip(names, rec.values[-1])}})
+        self.fits.append(dict(train_loss=[float(l) for l in rec.losses],
+                              epochs=[{'iter': int(i), **{n: _num(v) for n,v in zip(names, vals)}} for i,vals in zip(rec.iters, rec.values)]))
+        if self.fname and is_rank0():
+            with atomic_write(self.fname) as tmp: tmp.write_text(json.dumps(self.fits))
+
+    @property
+    def history(self) -> dict:
+        "Training loss per batch and values per epoch over all fits; an epoch's `iter` counts batches from the first fit."
+        losses, epochs = [], []
+        for f in self.fits:
+            epochs += [{**v, 'iter': v['iter']+len(losses)} for v in f['epochs']]
+            losses += f['train_loss']
+        return dict(train_loss=losses, epochs=epochs)
 
 # %% ../nbs/30_compare.ipynb #b845f836
-def _history(learn:Learner) -> dict:
+def loss_history(learn:Learner # a learner trained with a `LossHistory` callback, or without (then only its last fit is known)
+                ) -> dict:
     "Training loss per batch and values per epoch of `learn`, removing its `LossHistory`."
     hist = next((cb for cb in learn.cbs if isinstance(cb, LossHistory)), None)
     if hist is not None:
         learn.remove_cb(hist)
-        return {'train_loss': hist.train_loss, 'epochs': hist.epoch_values}
+        return hist.history
     rec = learn.recorder  # a `train` that dropped the callbacks: only the last fit is known
     names = [n for n in rec.metric_names[1:] if n!='time']
     return {'train_loss': [float(l) for l in rec.losses],
             'epochs': [{'iter': int(i), **{n: _num(v) for n,v in zip(names, vals)}} for i,vals in zip(rec.iters, rec.values)]}
+
+_history = loss_history   # the name `biofastai.cli` imports
 
 # %% ../nbs/30_compare.ipynb #0ec821a4
 def _jsonable(v):
@@ -112,24 +136,29 @@ def _finished(path:Path, name:str, params:dict, seed:int) -> dict|None:
     return rec if rec.get('params')==params and rec.get('seed')==seed else None
 
 # %% ../nbs/30_compare.ipynb #3f09bb8a
-def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed:int) -> tuple[dict, pd.DataFrame]:
-    "Train, evaluate and save experiment `e`; the JSON record is written last."
-    name = e['name']
-    (path/f'{name}.json').unlink(missing_ok=True)
+def _write(path:Path, name:str, metrics:pd.DataFrame, learn:Learner, rec:dict):
+    "Write the per-image metrics, the exported learner and, last, the JSON record of experiment `name`, each atomically."
+    if not is_rank0(): return
+    with atomic_write(path/f'{name}.csv') as tmp: metrics.to_csv(tmp, index=False)
+    with atomic_write(path/f'{name}.pkl') as tmp: learn.export(tmp)
+    with atomic_write(path/f'{name}.json') as tmp: tmp.write_text(json.dumps(rec))
+
+def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed:int, resume:bool) -> tuple[dict, pd.DataFrame]:
+    "Train (or, with `resume`, go on training), evaluate and save experiment `e`; the JSON record is written last."
+    name, ckpt = e['name'], path/'checkpoints'
+    if is_rank0(): (path/f'{name}.json').unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     start = time.perf_counter()
-    learn = train(e, cbs=[LossHistory()])
+    learn = train(e, cbs=[LossHistory(ckpt/f'{name}_history.json', resume)], resume=resume, checkpoint=ckpt/f'{name}.pth')
     train_time = time.perf_counter() - start
-    history = _history(learn)
+    history = loss_history(learn)
     metrics = evaluate(learn)
     if not isinstance(metrics, pd.DataFrame) or len(metrics)==0 or not _metric_columns(metrics):
         raise EmptyDataError(f'evaluate(learn) for experiment {name!r}', f'{type(metrics).__name__} {getattr(metrics, "shape", "")}',
                              'a DataFrame with one row per validation image and numeric metric columns',
                              'return e.g. pd.DataFrame(dict(dice=..., iou=...)) from evaluate')
-    metrics.to_csv(path/f'{name}.csv', index=False)
-    learn.export(path/f'{name}.pkl')
     rec = dict(name=name, params=params, seed=seed, train_time=train_time, n_params=n_params(learn), history=history)
-    (path/f'{name}.json').write_text(json.dumps(rec))
+    _write(path, name, metrics, learn, rec)
     return rec, metrics
 
 # %% ../nbs/30_compare.ipynb #9cb691c8
@@ -138,11 +167,12 @@ def _report(row:dict, metrics:list[str]) -> str:
 
 # %% ../nbs/30_compare.ipynb #6af64b94
 def compare_models(experiments:list[dict], # one dict per model: a unique 'name' and the parameters `train` reads
-                   train:Callable[..., Learner], # `train(experiment, cbs=callbacks)` builds and trains a learner, passing `cbs` to it
+                   train:Callable[..., Learner], # `train(experiment, cbs=callbacks, resume=bool, checkpoint=file)` builds and trains a learner, passing `cbs` to it
                    evaluate:Callable[[Learner], pd.DataFrame], # per-image metrics of a learner on its validation set
                    path, # folder for each experiment's model, metrics and history
                    seed:int=0, # seed set before every `train` call, so all share the split and initialisation
                    retrain:bool=False, # train again even experiments already finished in `path`
+                   resume:bool=False, # continue an interrupted experiment from its last checkpoint
                    conf:float=0.95, # level of the confidence intervals
                    verbose:bool=True, # print one line per experiment
                   ) -> pd.DataFrame:
@@ -157,7 +187,7 @@ def compare_models(experiments:list[dict], # one dict per model: a unique 'name'
             if rec is not None: metrics, status = pd.read_csv(path/f'{name}.csv'), 'loaded'
             else:
                 if verbose: print(f'[{i+1}/{len(experiments)}] {name}: training', flush=True)
-                (rec, metrics), status = _run(e, params, train, evaluate, path, seed), 'trained'
+                (rec, metrics), status = _run(e, params, train, evaluate, path, seed, resume), 'trained'
             row = _summary(name, rec, metrics, conf, status)
             if verbose: print(f"[{i+1}/{len(experiments)}] {name}: {status} ({rec['train_time']:.1f} s training): "
                               f"{_report(row, _metric_columns(metrics))}", flush=True)
