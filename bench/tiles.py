@@ -9,8 +9,14 @@ field spans the whole image, so even shifting the input by 32 pixels changes its
 Peak memory is measured in a fresh subprocess per method: the peak resident set size (VmHWM, reset through
 /proc/self/clear_refs where Linux allows it, else ru_maxrss) minus the resident size just before the call.
 
+Memory against image size: the peak of `predict_tiled` alone (a one-block stack, cheap enough for 8192x8192) at each of
+--mem-sizes, against the size of its float32 output. `mem_growth` is the peak's growth from the smallest to the largest
+image divided by the output's growth: 1 when the output is the only full-size array held, about 3.5 with a padded float
+copy of the image, a weight map and a separate activated copy of the output.
+
 Last line: key=value pairs. Exit status 1 when a target is missed:
-overhead = tiled_s / (whole_s * pixel_ratio) <= 1.2 and max_seam <= 1e-3.
+overhead = tiled_s / (whole_s * pixel_ratio) <= 1.2, max_seam <= 1e-3, and mem_growth <= 1.25 (memory grows no
+faster than the output).
 """
 import argparse, resource, subprocess, sys, time
 import numpy as np, torch
@@ -65,7 +71,7 @@ def measure_peak(args):
     print((peak-before)/1024)
 
 def peak_mb(args, method):
-    cmd = [sys.executable, __file__, '--measure', method] + [f'--{k.replace("_","-")}={v}' for k,v in vars(args).items() if k!='measure']
+    cmd = [sys.executable, __file__, '--measure', method] + [f'--{k.replace("_","-")}={v}' for k,v in vars(args).items() if k!='measure' and v is not None]
     return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
 
 def main():
@@ -78,6 +84,7 @@ def main():
     p.add_argument('--repeats', type=int, default=3, help='timed rounds after one warm-up; the best counts')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--mem-sizes', default='1024,2048,4096,8192', help='image sizes of the memory sweep, comma-separated')
     p.add_argument('--measure', choices=['whole', 'tiled'], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure: return measure_peak(args)
@@ -93,11 +100,17 @@ def main():
     max_seam = seam_score(out, ref, border=radius)
     max_diff = (out-ref)[:, radius:-radius, radius:-radius].abs().max().item()
     mem_whole, mem_tiled = peak_mb(args, 'whole'), peak_mb(args, 'tiled')
-    ok = overhead<=1.2 and max_seam<=1e-3
+    sizes = [int(n) for n in args.mem_sizes.split(',')]
+    sweep = [peak_mb(argparse.Namespace(**{**vars(args), 'size': n, 'blocks': 0}), 'tiled') for n in sizes]
+    out_mb = [2*n*n*4/2**20 for n in sizes]   # the (2,H,W) float32 output
+    for n,o,m in zip(sizes, out_mb, sweep): print(f'size={n} output_mb={o:.0f} peak_mb={m:.0f}')
+    mem_growth = (sweep[-1]-sweep[0])/(out_mb[-1]-out_mb[0])
+    ok = overhead<=1.2 and max_seam<=1e-3 and mem_growth<=1.25
     print(f'size={args.size} tile={args.tile} overlap={args.overlap} radius={radius} tiles={sum(pixels[1:])//args.tile**2} threads={args.threads}')
     print(f'whole_s={whole_s:.3f} tiled_s={tiled_s:.3f} pixel_ratio={pixel_ratio:.3f} overhead={overhead:.3f} '
           f'max_seam={max_seam:.2e} max_diff={max_diff:.2e} peak_mem_whole_mb={mem_whole:.0f} peak_mem_tiled_mb={mem_tiled:.0f} '
-          f'target_met={ok}')
+          f'peak_mem_{sizes[-1]}_mb={sweep[-1]:.0f} output_{sizes[-1]}_mb={out_mb[-1]:.0f} mem_growth={mem_growth:.2f} '
+          f'memory_grows_no_faster_than_output={mem_growth<=1.25} target_met={ok}')
     sys.exit(0 if ok else 1)
 
 if __name__=='__main__': main()

@@ -28,8 +28,8 @@ _LARGE = textwrap.dedent('''
 
     def status_mb(key): return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])/1024
 
-    src = write_ngff(f'{folder}/big.ome.zarr', da.map_blocks(pattern, dtype=np.uint8, chunks=(2048, 2048), meta=np.empty((0, 0), np.uint8),
-                                                             ).rechunk(((2048,)*(n//2048), (2048,)*(n//2048))), chunk=1024)
+    image = da.map_blocks(pattern, dtype=np.uint8, chunks=((2048,)*(n//2048),)*2, meta=np.empty((0, 0), np.uint8))
+    src = write_ngff(f'{folder}/big.ome.zarr', image, chunk=1024)
     torch.manual_seed(0)
     net = nn.Conv2d(1, 2, 3, padding=1).eval().to(memory_format=torch.channels_last)   # radius 1; channels-last is the fast path on CPUs
     kw = dict(tile_size=512, overlap=8, activation=lambda z: z.softmax(1))
