@@ -122,6 +122,7 @@ SEED_RECIPES = RecipeBook({
     102: RandomOf(range(13, 16)),         # one bright-field plane of 13-15
     103: RandomOf(range(9, 16)),          # one bright-field plane of 9-15
     104: Merge(range(9, 16)),             # bright-field planes 9-15, merged
+    105: RandomOf([9, 11, 13, 15]),       # one bright-field plane of defocus -3, -1, +1, +3: the even ones stay unseen
     107: RandomOf(range(16)),             # any one of the 16 channels
     108: RandomOf([0, 3, 6]),             # one of the three fluorescent labels
     110: Blank(),

@@ -216,12 +216,12 @@ def _nuclei(rng, labels:np.ndarray) -> np.ndarray:
         nuc[box] += own*np.clip((1-rho)*r/1.5 + 0.5, 0, 1)
     return nuc
 
-def _brightfield(phase:np.ndarray, illum:np.ndarray) -> np.ndarray:
-    "Seven brightfield planes (defocus -3..+3) of a thin phase object: contrast ~ defocus x Laplacian, blur grows with defocus."
+def _brightfield(thickness:np.ndarray, absorb:np.ndarray, illum:np.ndarray) -> np.ndarray:
+    "Seven brightfield planes (defocus -3..+3) of cells as phase objects: I ~ (1 - absorption)(1 - z Laplacian(phase)), blurred more away from focus."
     planes = []
-    for z in range(-3, 4):
-        blur = ndi.gaussian_filter(phase, 0.8+0.6*abs(z))
-        planes.append(2000*illum*(1 - 0.02*blur - 1.2*z*ndi.laplace(blur)))
+    for z in range(-3, 4):   # transport of intensity: defocus turns the curvature of the optical path into contrast, its sign with z's
+        s = 0.6 + 0.7*abs(z)
+        planes.append(3000*illum*(1 - ndi.gaussian_filter(absorb, s))*(1 - 2*z*ndi.laplace(ndi.gaussian_filter(thickness, s))))
     return np.stack(planes)
 
 def make_cell_field(size:int=128, # image height and width
@@ -244,8 +244,9 @@ def make_cell_field(size:int=128, # image height and width
     illum, background = _illumination(rng, labels.shape, rng.uniform(0.2, 0.5)), 0.05*(1 + 0.5*_smooth_noise(rng, labels.shape, 15))
     fluo = [_camera(rng, 600*g*illum*(stain+background), read_noise=4., saturation=4095.)
             for stain in (cyto, membrane, mito) for g in (0.25, 1, 4)]
-    phase = ndi.gaussian_filter(height + 0.4*nuc, 1.0)
-    bf = _camera(rng, _brightfield(phase, _illumination(rng, labels.shape, rng.uniform(0.1, 0.3))), read_noise=4.)
+    thickness = ndi.gaussian_filter(height + 0.5*nuc, 1.0)   # optical path: thin at the edge, thickest over the nucleus
+    granules = height*(0.06 + 0.04*_smooth_noise(rng, labels.shape, 1.5)) + 0.1*ndi.gaussian_filter(puncta.astype(np.float32), 1.)
+    bf = _camera(rng, _brightfield(thickness, np.clip(granules, 0, None), _illumination(rng, labels.shape, rng.uniform(0.1, 0.3))), read_noise=4.)
     return np.concatenate([np.stack(fluo), bf]).astype(np.float32), labels
 
 # %% ../nbs/01_synth.ipynb #30da8b3b
