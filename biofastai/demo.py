@@ -135,7 +135,7 @@ def spots_figure(learn, # the trained learner
     _, spots = spots_predict(learn, s, float(ev.threshold.iloc[0]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw=dict(width_ratios=[1, 1.6]))
     a.imshow(s['image'].max(0), cmap='gray'); a.set_axis_off()
-    a.plot(s['spots'].x, s['spots'].y, '+', color='lime', ms=8, label='true'); a.plot(spots.x, spots.y, 'o', mfc='none', color='magenta', ms=8, label='found')
+    a.plot(spots.x, spots.y, 'o', mfc='none', color='magenta', ms=9, label='found'); a.plot(s['spots'].x, s['spots'].y, '+', color='lime', ms=7, mew=1.5, label='true')
     a.legend(fontsize='small', loc='lower right'); a.set_title(f'{fn.name}: spots of all frames')
     plot_bursts(spots, ax=b)
     return fig
@@ -179,7 +179,7 @@ def training_curves(histories:dict, # workflow: `LossHistory` record (`train_los
     return fig
 
 # %% ../nbs/41_demo.ipynb #333f3375
-COLUMNS = {'workflow': 'workflow', 'task': 'task', 'metric': 'metric', 'model': 'model', 'baseline': 'baseline', 'baseline_value': 'baseline value',
+COLUMNS = {'workflow': 'workflow', 'score': 'score', 'metric': 'metric', 'model': 'model', 'baseline': 'baseline', 'baseline_value': 'baseline value',
            'beats': 'beats baseline', 'epochs': 'epochs', 'train_s': 'training (s)'}
 
 def _verdict(results:pd.DataFrame) -> str:
@@ -278,7 +278,7 @@ def run_workflow(workflow:str, # a key of `DEMOS`
     say(workflow, f"{metric} {s['model']:.3f} against {s['baseline']} {s['baseline_value']:.3f} on the test data: "
                   f"{'beats' if s['beats'] else 'does NOT beat'} the baseline ({_since(t)})")
     name, draw = FIGURES[workflow]
-    row = dict(workflow=workflow, task=what, **s, epochs=r['experiment']['epochs'], train_s=train_s)
+    row = dict(workflow=workflow, score=what, **s, epochs=r['experiment']['epochs'], train_s=train_s)
     return row, (f'{workflow}: {name}', draw(learn, r['test'], ev)), history
 
 # %% ../nbs/41_demo.ipynb #58d66fba
@@ -296,7 +296,7 @@ def demo(dest='biofastai-demo', # folder for the data, the models and the report
         rows.append(row)
     figures['training'] = ('training curves', training_curves(histories))
     results = pd.DataFrame(rows)
-    header = f"{'Quick' if quick else 'Full'} run, seed {seed}, on {default_device()}: {time.perf_counter()-t0:.0f} s from data to scores."
+    header = f"{'Quick' if quick else 'Full'} run, seed {seed}, on {default_device()}: {time.perf_counter()-t0:.0f} s to write the data, train, score and draw."
     page = write_report(dest, results, figures, header)
     say('demo', f'{_verdict(results)} Report: {page} and report.md ({_since(t0)} in all)')
     return results
