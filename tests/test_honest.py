@@ -100,4 +100,4 @@ def test_dbscan_sizes_follow_spine_radii(tmp_path):
         sizes += list(found['size'][dist <= 3]); radii += list(truth.radius.to_numpy()[j[dist <= 3]])
     r = np.corrcoef(np.sqrt(sizes), radii)[0, 1]
     print(f'{len(sizes)} matched spines; correlation of sqrt(size) with the true radius {r:.3f}')
-    assert len(sizes) >= 80 and r >= 0.2   # 0.29 with this seed; shuffled sizes give |r| < 0.1
+    assert len(sizes) >= 80 and r >= 0.6   # 0.83 with this seed (0.78, 0.88 with seeds 1, 2; DBSCAN cluster sizes gave 0.29); shuffled sizes give |r| < 0.1
