@@ -84,8 +84,8 @@ def test_empty_patch_filter():
     assert strict == 0
     assert 0 < default < 0.3*unfiltered
 
-def test_dbscan_sizes_follow_spine_radii(tmp_path):
-    "Spine sizes from the trained scanner and DBSCAN rise with the true head radii of the synthetic spines they match."
+def test_spine_sizes_follow_spine_radii(tmp_path):
+    "Spine sizes (heads measured on the image at the centres the scanner and DBSCAN find) rise with the true head radii of the synthetic spines they match."
     imgs, pts = read_spines(synth_dendrites(tmp_path/'train', n=8, size=160, seed=0))
     set_seed(0)
     dls = spines_dls(imgs, pts, valid_pct=0.25, seed=0)
