@@ -317,11 +317,14 @@ def compare_command(args) -> pd.DataFrame:
 # %% ../nbs/40_cli.ipynb #2fc536fa
 def export_command(args):
     "Export the learner `args.model` as a bioimage.io model package in the folder `args.dest`."
-    try: from biofastai.bioimageio import export_bioimageio
-    except ImportError as e:
-        print(f'biofastai: error: bioimage.io export needs its extra ({e}); install it with: pip install "biofastai[bioimageio]"', file=sys.stderr)
+    learn = read_learner(args.model)
+    try:
+        from biofastai.bioimageio import export_bioimageio
+        out = export_bioimageio(learn, args.dest)
+    except ImportError as e:   # the module, or the bioimage.io packages it imports when it runs
+        hint = '' if 'biofastai[bioimageio]' in str(e) else ': install it with pip install "biofastai[bioimageio]"'
+        print(f'biofastai: error: bioimage.io export needs its extra ({e}){hint}', file=sys.stderr)
         sys.exit(2)
-    out = export_bioimageio(read_learner(args.model), args.dest)
     print(f'exported {args.model} to {out}', flush=True)
     return out
 
