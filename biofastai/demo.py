@@ -255,7 +255,7 @@ def say(workflow:str, # the workflow, or 'demo'
 def _since(t:float) -> str: return f'{time.perf_counter()-t:.0f} s'
 
 def run_workflow(workflow:str, # a key of `DEMOS`
-                 dest:Path, # the demo folder: data/WORKFLOW, models/WORKFLOW.pkl
+                 dest:Path, # the demo folder: data/WORKFLOW, models/WORKFLOW.pkl, checkpoints/WORKFLOW.pth
                  quick:bool=False, # the small recipe
                  seed:int=0, # seed of the data and the training
                 ) -> tuple[dict, object, dict]:
@@ -265,7 +265,8 @@ def run_workflow(workflow:str, # a key of `DEMOS`
     r = recipe(Path(dest)/'data'/workflow, quick, seed)
     say(workflow, f"wrote the built-in data to {Path(dest)/'data'/workflow} ({_since(t)})")
     t = time.perf_counter()
-    with log_progress(): learn = train_learner(workflow, r['experiment'], r['source'], dict(seed=seed, **r.get('options', {})), [LossHistory(), QuietEpochs()])
+    opts = dict(seed=seed, checkpoint=(Path(dest)/'checkpoints'/f'{workflow}.pth').absolute(), **r.get('options', {}))   # not in the working directory
+    with log_progress(): learn = train_learner(workflow, r['experiment'], r['source'], opts, [LossHistory(), QuietEpochs()])
     train_s, history = time.perf_counter()-t, _history(learn)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, QuietEpochs)])
     _export(learn, Path(dest)/'models'/f'{workflow}.pkl')

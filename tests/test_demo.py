@@ -16,6 +16,7 @@ def report(tmp_path_factory):
     exe = shutil.which('biofastai', path=str(Path(sys.executable).parent)) or 'biofastai'
     r = subprocess.run([exe, 'demo', '--quick', '--out', str(d/'report')], capture_output=True, text=True, timeout=1800, cwd=d)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name for p in d.iterdir()] == ['report']   # nothing written outside --out (checkpoints included)
     return d/'report', r.stdout
 
 def _md_table(md:str) -> pd.DataFrame:
