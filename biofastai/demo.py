@@ -33,7 +33,7 @@ def cellseg_recipe(dest:Path, # folder for the data
                   ) -> dict:
     "16-channel cell fields; a U-Net with a narrow xresnet18 encoder from scratch, reading loading codes 1, 4 and 7."
     return dict(source=synth_cells(dest/'train', n=24 if quick else 48, size=128, seed=seed), test=synth_cells(dest/'test', n=8, size=128, seed=seed+100),
-                experiment=dict(name='cellseg', loading_codes=[1, 4, 7], arch=partial(xresnet18, widen=0.5), penalty=2, epochs=10 if quick else 30, lr=5e-3),
+                experiment=dict(name='cellseg', loading_codes=[1, 4, 7], arch=partial(xresnet18, widen=0.5), penalty=2, epochs=20 if quick else 30, lr=5e-3),
                 options=dict(size=64, bs=4, valid_pct=0.25, pretrained=False, num_workers=0))
 
 def rescunet_recipe(dest:Path, # folder for the data
