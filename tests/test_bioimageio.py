@@ -1,0 +1,68 @@
+"bioimage.io export: every workflow's package passes bioimageio.core's model test, offline, and predicts through bioimageio.core what the workflow predicts."
+from pathlib import Path
+import numpy as np, pytest, torch
+pytest.importorskip('bioimageio.core', reason='the bioimage.io validator is not installed: pip install "biofastai[bioimageio]" (or the dev extra)')
+import bioimageio.core as bc
+from bioimageio.spec import load_model_description
+from bioimageio.spec.utils import load_array
+from fastai.learner import load_learner
+from biofastai.cli import main
+from biofastai.io import read_stack, read_mask
+from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
+from biofastai.rescunet import write_rescunet_samples
+from biofastai.channels import channel_loader
+from biofastai.cellseg import cellseg_predict
+from biofastai.spines import scan
+from biofastai.nextframe import nextframe_predict
+from biofastai.spots import spots_predict
+from biofastai.bioimageio import export_bioimageio, learner_workflow
+
+# the tiny recipes of tests/test_cli.py, smaller still where a workflow allows it
+OPTS = dict(cellseg=['--loading-codes', '1', '100', '7', '--arch', 'resnet18', '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained'],
+            rescunet=['--width', '4', '--bs', '4'], spots=['--layer-depth', '8', '--backprop-length', '3', '--bs', '2'],
+            nextframe=['--hidden', '8', '--bs', '4'], spines=['--filters', '4', '8', '16', '--fc', '16', '8'])
+
+@pytest.fixture(scope='module')
+def learners(tmp_path_factory):
+    "One briefly trained learner of each workflow, exported and reloaded as `biofastai export` would read it."
+    d = tmp_path_factory.mktemp('bioimageio')
+    v = synth_videos(d/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
+    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), d/'samples', 'v0', crop_size=32)
+    data = dict(cellseg=synth_cells(d/'cells', n=8, size=32), rescunet=d/'samples', spots=synth_spots(d/'spots', n=4, n_frames=6, size=32),
+                nextframe=synth_nextframe(d/'nextframe', n=8, n_frames=5, size=16), spines=synth_dendrites(d/'dendrites', n=3, size=96))
+    for wf in OPTS: main(['train', wf, str(data[wf]), '--epochs', '1', *OPTS[wf], '--out', str(d/'models'/f'{wf}.pkl')])
+    return d, {wf: load_learner(d/'models'/f'{wf}.pkl') for wf in OPTS}
+
+def _workflow_prediction(wf, learn, xs):
+    "What the workflow's own functions predict for the package's test inputs (raw), shaped like the package's output."
+    if wf=='cellseg': return cellseg_predict(learn, xs[0][0])[1][None]
+    if wf=='spines': return scan(learn, xs[0][0])[None, None]   # the probability map `spines_predict` counts
+    if wf=='nextframe': return nextframe_predict(learn, xs[0][0])[None]
+    if wf=='spots': return spots_predict(learn, xs[0][0][:, 0])[0][None, :, None]
+    img = channel_loader(learn.dls).encodes(xs[0][0])   # rescunet: the network on one sub-image, normalised as `rescunet_predict` does
+    with torch.no_grad(): return learn.model.eval()(torch.from_numpy(img)[None], torch.from_numpy(xs[1])).softmax(1).numpy()
+
+@pytest.mark.parametrize('wf', list(OPTS))
+def test_package_passes_and_predicts_as_the_workflow(learners, wf):
+    d, ls = learners
+    learn = ls[wf]
+    assert learner_workflow(learn)==wf
+    pkg = export_bioimageio(learn, d/'packages'/(f'{wf}.zip' if wf=='cellseg' else wf))
+    assert pkg.exists() and (pkg.suffix=='.zip' or {'rdf.yaml', 'README.md', 'cover.png', 'weights.pt', 'weights_torchscript.pt'} <= {f.name for f in pkg.iterdir()})
+    summary = bc.test_model(pkg if pkg.suffix=='.zip' else pkg/'rdf.yaml')   # both weight formats, test tensors, and other sizes where axes are parameterised
+    assert summary.status=='passed', summary.format()
+    descr = load_model_description(pkg if pkg.suffix=='.zip' else pkg/'rdf.yaml', perform_io_checks=False)
+    assert set(descr.weights.available_formats) == {'pytorch_state_dict', 'torchscript'}
+    xs = [load_array(t.test_tensor) for t in descr.inputs]
+    out = bc.predict(model=descr, inputs={t.id: x for t,x in zip(descr.inputs, xs)})
+    y = out.members[descr.outputs[0].id].data.values
+    ref = _workflow_prediction(wf, learn, xs)
+    assert y.shape==ref.shape, (y.shape, ref.shape)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 if wf!='nextframe' else 1e-3*float(np.abs(ref).max()))
+    assert np.abs(ref-ref.mean()).max()>1e-3   # the comparison is not between two constants
+
+def test_what_is_not_a_workflow(tmp_path):
+    "A learner of another model is one error naming the workflows."
+    from fastai.learner import Learner
+    from biofastai.core import ValueRangeError
+    with pytest.raises(ValueRangeError, match='cellseg, spines, rescunet, nextframe, spots'): export_bioimageio(Learner(None, torch.nn.Linear(2, 2)), tmp_path/'x')
