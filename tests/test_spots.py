@@ -138,7 +138,7 @@ def hela_series(dest, n:int=16, size:int=32, n_frames:int=12, snr:float=6., seed
     return Path(dest)
 
 HELA_EPOCHS = 40   # about 30 s of CPU
-HELA_MIN_F1 = 0.3  # seeds 0, 1, 2: trained SEEDS_TRAINED; untrained SEEDS_UNTRAINED; tuned LoG SEEDS_LOG
+HELA_MIN_F1 = 0.2  # seeds 0, 1, 2: trained 0.240, 0.460, 0.233; untrained 0.000, 0.091, 0.000; tuned LoG 0.157, 0.124, 0.161 (lr 1e-2: seed 2 collapsed to no spots)
 
 @pytest.mark.parametrize('seed', [0])
 def test_bursts_injected_into_real_hela_nuclei(tmp_path, seed):
@@ -146,7 +146,7 @@ def test_bursts_injected_into_real_hela_nuclei(tmp_path, seed):
     hela_series(tmp_path/'hela', n=16, snr=6., seed=seed)
     items = spots_items(tmp_path/'hela')
     items['is_valid'] = np.arange(len(items)) >= 12   # 12 nuclei to train on, 4 others to score
-    e = dict(name='hela', arch_path='forward', layer_depth=16, combiner_conv_size=5, epochs=HELA_EPOCHS, lr=1e-2, background_weight=0.3)
+    e = dict(name='hela', arch_path='forward', layer_depth=16, combiner_conv_size=5, epochs=HELA_EPOCHS, lr=3e-3, background_weight=0.3)
     learn = spots_train(e, items, seed=seed, work_dir=tmp_path/'work')
     ev = spots_evaluate(learn)
     set_seed(seed)
