@@ -62,7 +62,7 @@ def nextframe_recipe(dest:Path, # folder for the data
                      seed:int, # seed of the data and the training
                     ) -> dict:
     "Single-cell localisation sequences; a ConvLSTM predicts each cell's next frame."
-    return dict(source=synth_nextframe(dest/'train', n=64 if quick else 128, n_frames=8, seed=seed), test=synth_nextframe(dest/'test', n=24, n_frames=8, seed=seed+100),
+    return dict(source=synth_nextframe(dest/'train', n=128 if quick else 256, n_frames=8, seed=seed), test=synth_nextframe(dest/'test', n=24, n_frames=8, seed=seed+100),
                 experiment=dict(name='nextframe', epochs=20, hidden=16, head='conv3d', residual=True), options=dict(bs=16))
 
 def spines_recipe(dest:Path, # folder for the data
