@@ -12,8 +12,8 @@ Throughput is training samples per second over whole epochs (validation included
 
 Where fastai falls short, the bench names the slow part by splitting each pipeline's time per training batch into
 data loading (iterating its loader alone, batch transforms included), the model step (the same model on batches
-held in memory, timed once for both) and the rest (validation, callbacks, optimizer and scheduler): the part where
-fastai spends the most beyond the hand loop is named.
+held in memory, timed once for both) and the rest (validation, callbacks, optimizer and scheduler), with the optimizer step timed alone (fastai's
+`Optimizer` against torch's AdamW): the part where fastai spends the most beyond the hand loop is named.
 
 Last line: key=value pairs. Exit status 1 when ratio = fastai samples/s / hand samples/s < 0.85.
 """
@@ -91,6 +91,19 @@ def step_s(learn) -> float:
         loss = learn.loss_func(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
     return (time.perf_counter()-start)/len(held)
 
+def opt_step_s(learn, steps:int=5) -> dict:
+    "Seconds per optimizer step on the model's current gradients: fastai's optimizer (the learner's) and torch's AdamW."
+    x, y = learn.dls.train.one_batch()
+    learn.model.train(); learn.loss_func(learn.model(x), y).backward()
+    if learn.opt is None: learn.create_opt()
+    out = {}
+    for k, opt in (('fastai', learn.opt), ('hand', torch.optim.AdamW(learn.model.parameters(), lr=1e-3))):
+        opt.step()   # creates the state
+        start = time.perf_counter()
+        for _ in range(steps): opt.step()
+        out[k] = (time.perf_counter()-start)/steps
+    return out
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--n', type=int, default=64, help='fields of view (80 %% train)')
@@ -107,14 +120,14 @@ def main(argv=None):
     set_seed(args.seed)
     dls = cellseg_dls(data, [1, 4, 7], bs=args.bs, num_workers=0, **({} if args.augment else dict(batch_tfms=[])))
     learn = cellseg_learner(dls, 'resnet18', pretrained=False)
-    init = copy.deepcopy(learn.model.state_dict())
+    init, hand_model = copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.model)   # before any forward pass leaves tensors in the U-Net's hooks
     train_dl, valid_dl = hand_loaders(dls, args.bs)
     batch_tfms = list(dls.train.after_batch.fs) if args.augment else []
     lr, fastai_sps, hand_sps = 1e-3, [], []
     first_step = step_s(learn)   # also warms up the allocator and kernels before anything is timed
     for r in range(args.repeats):   # interleaved, best of each
-        model = copy.deepcopy(learn.model); model.load_state_dict(init)
-        hand_sps.append(timed(hand_fit, model, learn.loss_func, train_dl, valid_dl, args.epochs, lr, batch_tfms))
+        hand_model.load_state_dict(init)
+        hand_sps.append(timed(hand_fit, hand_model, learn.loss_func, train_dl, valid_dl, args.epochs, lr, batch_tfms))
         learn.model.load_state_dict(init); learn.opt = None
         fastai_sps.append(timed(fastai_fit, learn, args.epochs, lr))
         print(f'run {r}: fastai {fastai_sps[-1]:.1f} samples/s, hand loop {hand_sps[-1]:.1f} samples/s', flush=True)
@@ -126,10 +139,14 @@ def main(argv=None):
     rest = {k: fit[k]-data[k]-model_s for k in fit}   # validation, callbacks, optimizer and scheduler, bookkeeping
     for k in fit: print(f'{k}: {fit[k]*1e3:.0f} ms per training batch = data {data[k]*1e3:.0f} + model step {model_s*1e3:.0f} '
                         f'+ validation, callbacks and the rest {rest[k]*1e3:.0f}')
-    excess = {'data loading and transforms': data['fastai']-data['hand'], 'callbacks and validation': rest['fastai']-rest['hand']}
+    opt = opt_step_s(learn)
+    print(f'optimizer step: fastai {opt["fastai"]*1e3:.1f} ms, torch AdamW {opt["hand"]*1e3:.1f} ms')
+    excess = {'data loading and transforms': data['fastai']-data['hand'], 'callbacks and validation': rest['fastai']-rest['hand']-(opt['fastai']-opt['hand']),
+              'optimizer': opt['fastai']-opt['hand']}
     slow = 'none' if ratio >= TARGET else max(excess, key=excess.get).replace(' ', '_')
     print(f'fastai_sps={fastai_best:.2f} hand_sps={hand_best:.2f} augment={args.augment} bs={args.bs} model_ms={model_s*1e3:.1f} '
           f'data_ms={data["fastai"]*1e3:.1f} hand_data_ms={data["hand"]*1e3:.1f} rest_ms={rest["fastai"]*1e3:.1f} hand_rest_ms={rest["hand"]*1e3:.1f} '
+          f'opt_ms={opt["fastai"]*1e3:.1f} hand_opt_ms={opt["hand"]*1e3:.1f} '
           f'slow_part={slow} ratio={ratio:.3f} target={TARGET}')
     return 0 if ratio >= TARGET else 1
 

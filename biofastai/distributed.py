@@ -24,6 +24,8 @@ def is_rank0() -> bool:
 # %% ../nbs/14_distributed.ipynb #b151804b
 class ProcessGroupDL(DistributedDL):
     "fastai's `DistributedDL`, sending the shuffled order on the process group's device: a GPU for NCCL, the CPU for gloo."
+    @property
+    def rng(self): return self.dl.rng   # the generator that shuffles, which a `Checkpoint` saves and restores
     def _broadcast(self, t, rank):
         t = torch.tensor(t, dtype=torch.long, device='cuda' if dist.get_backend()=='nccl' else 'cpu')
         dist.broadcast(t, rank)
@@ -35,7 +37,7 @@ class DistributedFit(DistributedTrainer):
     def __init__(self,
                  sync_bn:bool=True, # replace batch norm by `nn.SyncBatchNorm` (GPUs only)
                  **kwargs # arguments of accelerate's `Accelerator`
-                ): self.sync_bn, self.kwargs = sync_bn, kwargs
+                ): self.sync_bn, self.kwargs, self.accelerator = sync_bn, kwargs, None
 
     def before_fit(self):
         if num_distrib()<=1: self.run = False; return   # `run` is back to True after the fit
@@ -46,7 +48,9 @@ class DistributedFit(DistributedTrainer):
             for cb in self.learn.cbs:
                 if isinstance(cb, ProgressCallback): cb.run = False
 
-    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else ProcessGroupDL(dl, device=self.accelerator.device)
+    def _wrap_dl(self, dl):
+        if self.accelerator is None or isinstance(dl, DistributedDL): return dl   # `validate` or `get_preds` outside a fit: the whole set here
+        return ProcessGroupDL(dl, device=self.accelerator.device)
 
     def after_fit(self):
         super().after_fit()
