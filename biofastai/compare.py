@@ -6,7 +6,7 @@ Docs: https://biofastai.github.io/biofastai/compare.html.md"""
 
 # %% ../nbs/30_compare.ipynb #4549c9bc
 from __future__ import annotations
-import json, math, time, traceback
+import inspect, json, math, time, traceback
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -143,13 +143,22 @@ def _write(path:Path, name:str, metrics:pd.DataFrame, learn:Learner, rec:dict):
     with atomic_write(path/f'{name}.pkl') as tmp: learn.export(tmp)
     with atomic_write(path/f'{name}.json') as tmp: tmp.write_text(json.dumps(rec))
 
+def _checkpointing(train:Callable, resume:bool, checkpoint:Path) -> dict:
+    "`resume` and `checkpoint` for `train`, if it takes them (every `<wf>_train` does)."
+    ps = inspect.signature(train).parameters
+    if any(p.kind==p.VAR_KEYWORD for p in ps.values()) or {'resume', 'checkpoint'} <= set(ps): return dict(resume=resume, checkpoint=checkpoint)
+    if resume: raise ValueRangeError('train', f'a function without resume and checkpoint arguments: {train.__name__}{inspect.signature(train)}',
+                                     'train(experiment, cbs=None, resume=False, checkpoint=None), handing them to the <wf>_train it calls',
+                                     'add the two arguments to train, or leave resume out')
+    return {}
+
 def _run(e:dict, params:dict, train:Callable, evaluate:Callable, path:Path, seed:int, resume:bool) -> tuple[dict, pd.DataFrame]:
     "Train (or, with `resume`, go on training), evaluate and save experiment `e`; the JSON record is written last."
     name, ckpt = e['name'], path/'checkpoints'
     if is_rank0(): (path/f'{name}.json').unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     start = time.perf_counter()
-    learn = train(e, cbs=[LossHistory(ckpt/f'{name}_history.json', resume)], resume=resume, checkpoint=ckpt/f'{name}.pth')
+    learn = train(e, cbs=[LossHistory(ckpt/f'{name}_history.json', resume)], **_checkpointing(train, resume, ckpt/f'{name}.pth'))
     train_time = time.perf_counter() - start
     history = loss_history(learn)
     metrics = evaluate(learn)
