@@ -6,8 +6,8 @@ The models train on 128 fields (seed 0; cellseg_train holds out a fifth of them 
 scored on 24 other fields (seed 1) that no step of training or model choice sees.
 
 Models: `cellseg_train` (fastai unet_learner, weighted cross-entropy, one-cycle at lr 3e-3, the workflow's default
-augmentation) with the same recipe for every loading code: 8 epochs from scratch on 48x48 random crops (about 100
-steps of 8 crops), predicting whole 128x128 fields. To run in CPU minutes
+augmentation, the best epoch's weights) with the same recipe for every loading code: 10 epochs from scratch on 48x48
+random crops (about 120 steps of 8 crops), predicting whole 128x128 fields. To run in CPU minutes
 the encoder is a ResNet-18 at half width (fastai's `xresnet18(widen=0.5)`, 7.9 M parameters with its decoder)
 instead of the workflow's default pretrained ResNet-34 (41 M).
 
@@ -31,8 +31,8 @@ Targets (DESIGN.md section 6): Dice >= 0.90 on the held-out fields with cells fo
 codes [0, 3, 6], and above Otsu's; the random-plane bright-field model Dice >= 0.80 on the unseen planes -2 and +2,
 and above every one-plane model there. Last line: key=value figures; exit status 1 when a target is missed or an
 experiment fails.
-Run: python bench/cellseg.py [--out DIR]   (about 5 minutes on 2 idle CPU cores; much longer when other
-processes share the cores)
+Run: python bench/cellseg.py [--out DIR] [--epochs 10]   (18 minutes on 2 CPU cores shared with other jobs, load
+about 10; 5 models of about 120 optimizer steps each)
 """
 import argparse, shutil, sys, tempfile, time, warnings
 from functools import partial
@@ -142,7 +142,7 @@ def main(out:Path, epochs:int, seed:int=0) -> int:
 if __name__=='__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', type=Path, help='keep data and models here (a re-run reuses finished models); default: a temporary folder')
-    p.add_argument('--epochs', type=int, default=8, help='epochs per model')
+    p.add_argument('--epochs', type=int, default=10, help='epochs per model')
     args = p.parse_args()
     warnings.filterwarnings('ignore')
     defaults.callbacks = [cb for cb in defaults.callbacks if cb is not ProgressCallback]  # one line per epoch, no bars

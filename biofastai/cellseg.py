@@ -35,6 +35,7 @@ from .channels import SEED_RECIPES, LoadChannels, MultiChannelBlock, channel_loa
 from .tiles import predict_tiled
 from .losses import WeightedCrossEntropy
 from .metrics import dice, iou, DiceMetric, IoUMetric
+from .callbacks import checkpointed, epochs_for, BestWeights
 
 # %% auto #0
 __all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'cellseg_dls', 'make_subimages', 'cellseg_learner',
@@ -169,7 +170,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
                 loading_codes:list|None=None, # loading codes, one per model input channel (see `channels`); None: every channel of the first image
                 codes:list|None=None, # class names; None: from codes.txt, else Background and Cell
                 size:int|None=None, # crop (training: at random) or pad samples to `size` x `size`; None: all samples must share one size
-                bs:int=8, # batch size
+                bs:int=8, # batch size; at most the number of training samples
                 valid_pct:float=0.2, # fraction of samples for validation, unless `source` has an `is_valid` column
                 seed:int=0, # seed of the split and of the loading codes' random choices
                 recipes:Mapping=SEED_RECIPES, # recipes for loading codes 51-199
@@ -189,14 +190,16 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
                          f'samples of {len(sizes)} sizes, e.g. {sizes[:3]}', 'one size for all samples',
                          'pass size= to cut (or pad) every sample to one square size')
     splitter = ColSplitter('is_valid') if 'is_valid' in items else RandomSplitter(valid_pct, seed=seed)
-    if not len(splitter(items)[1]):
+    train, valid = splitter(items)
+    if not len(valid):
         raise EmptyDataError('validation set', f'no samples (valid_pct={valid_pct} of {len(items)})', 'at least one validation sample',
                              'add samples, raise valid_pct, or mark some rows is_valid=True')
     dblock = DataBlock(blocks=(MultiChannelBlock(loading_codes, recipes, channel_dropout, normalize, axes, seed), _mask_block(codes)),
                        get_x=ColReader('image'), get_y=ColReader('mask'), splitter=splitter,
                        item_tfms=RandomCropPad(size) if size else None,
                        batch_tfms=aug_transforms(flip_vert=True) if batch_tfms is None else batch_tfms)
-    return dblock.dataloaders(items, bs=bs, **kwargs)
+    # training drops the last incomplete batch: with fewer samples than `bs`, one batch of all of them, not none
+    return dblock.dataloaders(items, bs=min(bs, len(train)), **kwargs)
 
 # %% ../nbs/20_cellseg.ipynb #136896b1
 def _cell_free(labels:np.ndarray, size:int, n:int, rng, source) -> list:
@@ -281,20 +284,24 @@ def cellseg_learner(dls:DataLoaders, # from `cellseg_dls`
 
 # %% ../nbs/20_cellseg.ipynb #40c7ecb4
 def cellseg_fit(learn:Learner, # from `cellseg_learner`
-                epochs:int, # epochs with everything trainable
-                lr:float|None=None, # peak learning rate; None: the LR finder's valley suggestion
+                epochs:int|None=None, # epochs with everything trainable; None: the fewest that make `steps` optimizer steps
+                lr:float|None=None, # peak learning rate; None: the LR finder's valley suggestion, at most `max_lr`
                 freeze_epochs:int=5, # epochs with the pretrained encoder frozen first (pretrained learners only)
+                steps:int=150, # optimizer steps with everything trainable, when `epochs` is None
+                max_lr:float=3e-3, # ceiling of the LR finder's suggestion
                ) -> Learner:
-    "Fit with the seed's recipe through fastai's `fine_tune`: frozen epochs at `lr`, then unfrozen at `slice(lr/100, lr/2)`."
-    if lr is None: lr = learn.lr_find(show_plot=False).valley
-    if not getattr(learn, 'pretrained', False): learn.fit_one_cycle(epochs, lr)
-    elif freeze_epochs: learn.fine_tune(epochs, lr, freeze_epochs, lr_mult=50)   # unfrozen at slice(lr/2/50, lr/2)
-    else: learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2))
+    "Fit with the seed's recipe through fastai's `fine_tune`: frozen epochs at `lr`, then unfrozen at `slice(lr/100, lr/2)`; the best epoch's weights are kept."
+    if epochs is None: epochs = epochs_for(steps, len(learn.dls.train))
+    if lr is None: lr = min(learn.lr_find(show_plot=False).valley, max_lr)
+    best = BestWeights()   # lowest validation loss
+    if not getattr(learn, 'pretrained', False): learn.fit_one_cycle(epochs, lr, cbs=best)
+    elif freeze_epochs: learn.fine_tune(epochs, lr, freeze_epochs, lr_mult=50, cbs=best)   # unfrozen at slice(lr/2/50, lr/2)
+    else: learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2), cbs=best)
     return learn
 
 # %% ../nbs/20_cellseg.ipynb #869bc0f6
 @delegates(cellseg_dls, but=['loading_codes', 'size', 'bs', 'valid_pct', 'seed', 'channel_dropout'])
-def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs, lr; optional freeze_epochs, channel_dropout
+def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, lr, epochs (None: from optimizer steps); optional freeze_epochs, channel_dropout
                   source, # folder or DataFrame for `cellseg_dls`
                   size:int|None=None, # crop or pad samples to this size
                   bs:int=8, # batch size
@@ -303,13 +310,17 @@ def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, epochs,
                   pretrained:bool=True, # start the encoder from ImageNet weights
                   freeze_epochs:int=5, # frozen epochs first, unless the experiment says otherwise (pretrained only)
                   cbs=None, # callbacks of the learner (`compare_models` passes its `LossHistory`)
+                  resume:bool=False, # continue from the checkpoint of an interrupted run of this experiment
+                  checkpoint=None, # checkpoint file; None: checkpoints/<name>.pth under the learner's path
                   **kwargs
                  ) -> Learner:
     "Build the data and learner of one `experiment` and fit it with `cellseg_fit`; `compare_models` calls this."
-    e = experiment_params(experiment, dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.))
+    e = experiment_params(dict(epochs=None) | experiment,   # epochs=None: a length in optimizer steps
+                          dict(loading_codes=None, arch='resnet34', penalty=1., lr=None, freeze_epochs=freeze_epochs, channel_dropout=0.))
     set_seed(seed, reproducible=True)
     dls = cellseg_dls(source, e['loading_codes'], size=size, bs=bs, valid_pct=valid_pct, seed=seed, channel_dropout=e['channel_dropout'], **kwargs)
-    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained, cbs=cbs)
+    learn = cellseg_learner(dls, e['arch'], penalty=e['penalty'], pretrained=pretrained,
+                            cbs=checkpointed(cbs, e.get('name', 'cellseg'), checkpoint, resume, every=60))
     return cellseg_fit(learn, e['epochs'], e['lr'], e['freeze_epochs'])
 
 # %% ../nbs/20_cellseg.ipynb #b0c6edfb
@@ -364,13 +375,16 @@ def cellseg_predict_folder(learn:Learner, # from `cellseg_learner`, or `load_lea
                            tile_size:int|None=None, # tile height and width, a multiple of 32; None: `learn.tile_size`
                            overlap:int=32, # pixels shared by neighbouring tiles
                            batch_size:int=4, # tiles per forward pass
+                           overwrite:bool=False, # predict images whose outputs exist too
                           ) -> pd.DataFrame:
-    "Predict every image in `folder`; write class masks and the probabilities of the non-background classes as TIFFs."
+    "Predict every image in `folder` without both outputs yet; write class masks and the probabilities of the non-background classes as TIFFs."
     dest, rows = Path(dest), []
     for fn in progress_bar(image_files(folder)):
-        mask, probs = cellseg_predict(learn, fn, tile_size, overlap, batch_size)
-        rows.append(dict(image=fn, mask=write_tiff(dest/'masks'/f'{fn.stem}.tif', mask),
-                         probabilities=write_tiff(dest/'probabilities'/f'{fn.stem}.tif', probs[1:], axes='CYX')))
+        out = dict(image=fn, mask=dest/'masks'/f'{fn.stem}.tif', probabilities=dest/'probabilities'/f'{fn.stem}.tif')
+        if overwrite or not (out['mask'].exists() and out['probabilities'].exists()):   # written atomically: there means complete
+            mask, probs = cellseg_predict(learn, fn, tile_size, overlap, batch_size)
+            write_tiff(out['mask'], mask); write_tiff(out['probabilities'], probs[1:], axes='CYX')
+        rows.append(out)
     return pd.DataFrame(rows)
 
 # %% ../nbs/20_cellseg.ipynb #db32e053
