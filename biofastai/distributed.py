@@ -40,7 +40,7 @@ class DistributedFit(DistributedTrainer):
                 ): self.sync_bn, self.kwargs, self.accelerator = sync_bn, kwargs, None
 
     def before_fit(self):
-        if num_distrib()<=1: self.run = False; return   # `run` is back to True after the fit
+        if num_distrib()<=1 or not dist.is_initialized(): self.run = False; return   # `run` is back to True after the fit (or `validate`)
         from accelerate import Accelerator
         self.accelerator = Accelerator(**{'cpu': dist.get_backend()=='gloo', **self.kwargs})   # made per fit, so never pickled with the learner
         super().before_fit()
