@@ -47,7 +47,7 @@ def test_report_holds_every_figure(report):
         assert f'](figures/{k}.png)' in md and (dest/'figures'/f'{k}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', k
     page = (dest/'report.html').read_text()
     assert page.count('<img ') == page.count('src="data:image/png;base64,') == len(FIGS)
-    assert not re.search(r'''(href|src)\s*=\s*["']?(?!data:)''', page) and 'http' not in page   # self-contained: loads nothing, links nowhere
+    assert not re.search(r'''(href|src)\s*=\s*(?!["']?data:)''', page) and 'http' not in page   # self-contained: loads nothing, links nowhere
 
 def chromium(*args, profile:Path) -> subprocess.CompletedProcess:
     "Headless Chromium, offline, with a fresh profile."
