@@ -70,3 +70,4 @@ def distributed(sync_bn:bool|None=None, # `nn.SyncBatchNorm` across processes; N
     try: yield [DistributedFit(torch.cuda.is_available() if sync_bn is None else sync_bn, **kwargs)]
     finally:
         if joined: teardown_distrib()
+        os.environ['WORLD_SIZE'] = '1'   # fastai reads the launcher's WORLD_SIZE: after the block this process works alone (`RANK` still tells rank 0)

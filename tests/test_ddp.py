@@ -54,5 +54,5 @@ def test_two_cpu_processes_train_like_one(tmp_path):
     s0 = json.loads((untrained/'score.json').read_text())
     print(f"validation loss (dice): one process {s1['loss']:.3f} ({s1['dice']:.3f}), two processes {s2['loss']:.3f} ({s2['dice']:.3f}), "
           f"untrained {s0['loss']:.3f} ({s0['dice']:.3f}), otsu dice {s1['otsu']:.3f}")
-    assert max(s1['loss'], s2['loss']) < 0.8*s0['loss']   # both learned
+    assert max(s1['loss'], s2['loss']) < s0['loss'] - 0.05   # both learned
     assert abs(s1['loss'] - s2['loss']) < 0.1*s0['loss']
