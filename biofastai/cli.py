@@ -263,7 +263,7 @@ def evaluate_command(args) -> pd.DataFrame:
 # %% ../nbs/40_cli.ipynb #a6da548f
 class BuildOnly(Callback):
     "Cancel every fit: `<wf>_train` returns its learner as built, untrained."
-    order = -100
+    order = 100   # last: the other callbacks' `before_fit` runs first, as their `after_fit` (a `Checkpoint`'s) expects
     def before_fit(self): raise CancelFitException()
 
 def lr_find_command(args):
