@@ -41,7 +41,7 @@ def _train(tmp:Path, data:Path, nproc:int, bs:int, epochs:int) -> Path:
     return out
 
 def test_two_cpu_processes_train_like_one(tmp_path):
-    "Both ranks train (the same number of batches) and end with identical weights; the validation loss is that of one process with the same total batch."
+    "Both ranks train (the same number of batches) and end with identical weights, and score (Dice) within 0.1 of one process with the same total batch."
     # augmentation off, so that the runs differ only in batch-norm statistics (over 4 samples per rank instead of 8)
     data = synth_cells(tmp_path/'cells', n=30, size=32)   # 24 training samples: 3 batches of 8, or 3 per rank of 4
     (tmp_path/'train.py').write_text(SCRIPT)
@@ -54,5 +54,5 @@ def test_two_cpu_processes_train_like_one(tmp_path):
     s0 = json.loads((untrained/'score.json').read_text())
     print(f"validation loss (dice): one process {s1['loss']:.3f} ({s1['dice']:.3f}), two processes {s2['loss']:.3f} ({s2['dice']:.3f}), "
           f"untrained {s0['loss']:.3f} ({s0['dice']:.3f}), otsu dice {s1['otsu']:.3f}")
-    assert max(s1['loss'], s2['loss']) < s0['loss'] - 0.05   # both learned
-    assert abs(s1['loss'] - s2['loss']) < 0.1*s0['loss']
+    assert max(s1['loss'], s2['loss']) < s0['loss'] - 0.05   # both learned (Dice cannot tell: an untrained net calling every pixel a cell scores 0.4-0.7)
+    assert abs(s1['dice'] - s2['dice']) < 0.1   # the whole validation set, scored in one process after training
