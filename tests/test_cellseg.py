@@ -152,8 +152,10 @@ def _hela_small_data(tmp_path:Path, seed:int) -> tuple[float, float]:
 def test_hela_small_data(tmp_path):
     """Issue #10 item 9: 8 annotated crops of one frame and random initial weights. With the old defaults (10 epochs,
     one optimizer step each) the model scored Dice 0.02 on whole frames where Otsu scores 0.81; with the defaults
-    (150 optimizer steps, capped LR finder, the best epoch's weights) it beats Otsu: seed 0 gives 0.818 against 0.800.
-    About 13 minutes on 2 CPU cores shared with other jobs (load about 10)."""
+    (150 optimizer steps, capped LR finder, the best epoch's weights) it beats Otsu with seed 0 (0.818 against 0.800),
+    but not with seeds 1 and 2 (0.643, 0.578; each seed draws other crops and weights): the model scores Dice 0.95 on
+    held-out crops and falls short on whole frames, so item 9 is not closed by these defaults alone. The test runs
+    seed 0 as the regression check of the defaults. 4-13 minutes on 2 shared CPU cores."""
     model, otsu = _hela_small_data(tmp_path, 0)
     print(f'Dice on whole frames 6, 12, 19: model {model:.3f}, Otsu {otsu:.3f}')
     assert model > otsu
