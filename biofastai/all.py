@@ -1,7 +1,8 @@
-"Everything biofastai exports, for `from biofastai.all import *` in notebooks."
+"Everything biofastai exports, for `from biofastai.all import *` in notebooks; `ngff` (extra `[large]`) and `bioimageio` (extra `[bioimageio]`) are imported on their own."
 from .core import *
 from .synth import *
 from .io import *
+from .imagej import *
 from .channels import *
 from .sequences import *
 from .tiles import *
@@ -9,6 +10,7 @@ from .losses import *
 from .metrics import *
 from .callbacks import *
 from .layers import *
+from .distributed import *
 from .cellseg import *
 from .rescunet import *
 from .spots import *
@@ -16,3 +18,4 @@ from .nextframe import *
 from .spines import *
 from .compare import *
 from .cli import *
+from .demo import *

@@ -15,7 +15,7 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Recorder
 from fastai.callback.progress import ProgressCallback
-from fastai.torch_core import get_model
+from fastai.torch_core import get_model, rank_distrib
 from .core import atomic_write
 
 # %% auto #0
@@ -64,7 +64,7 @@ class Checkpoint(Callback):
         path='checkpoint.pth', # checkpoint file, relative to `learn.path` unless absolute
         resume:bool=False, # continue from `path` if it exists
         every:float=0., # least seconds between two saves (a fit's last epoch is always saved); 0: every epoch
-    ): store_attr(); self.fit_no = -1
+    ): store_attr(); self.fit_no, self.pending, self.start_epoch = -1, None, 0   # a fit cancelled before `before_fit` still reaches `after_fit`
 
     @property
     def fname(self) -> Path: return self.learn.path/self.path
@@ -95,7 +95,7 @@ class Checkpoint(Callback):
         if self.pending is not None: self._restore()
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch or (self.epoch < self.n_epoch-1 and time.monotonic()-self.saved_at < self.every): return
+        if rank_distrib() or self.epoch < self.start_epoch or (self.epoch < self.n_epoch-1 and time.monotonic()-self.saved_at < self.every): return   # one process of a distributed run writes
         atomic_save(dict(fit=self.fit_no, epoch=self.epoch, n_epoch=self.n_epoch, model=get_model(self.learn.model).state_dict(),
                          opt=self.learn.opt.state_dict(), recorder=_recorded(self.learn.recorder), rng=rng_states(self.dls),
                          callbacks={cb.name: cb.checkpoint_state() for cb in _stateful(self.learn)}), self.fname)

@@ -14,9 +14,10 @@ import fastprogress.fastprogress as fp
 from fastcore.docments import docments
 from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner, load_learner
-from .core import BioDataError, MissingFileError, ValueRangeError
+from .core import BioDataError, MissingFileError, ValueRangeError, atomic_write
+from .distributed import distributed, is_rank0
 from .synth import SYNTH_DATASETS, synth_all
-from .compare import LossHistory, _history, compare_models, plot_comparison, plot_losses
+from .compare import LossHistory, loss_history, compare_models, plot_comparison, plot_losses
 
 # %% auto #0
 __all__ = ['WORKFLOWS', 'workflow_fn', 'add_params', 'log_progress', 'train_learner', 'split_options', 'plot_history',
@@ -29,7 +30,7 @@ WORKFLOWS = {   # workflow: (what it does, training data, experiment keys -> the
     'cellseg': ('cell segmentation: a U-Net from images and class masks',
                 'folder with FullImage/ + Mask_Norm/ (+ codes.txt), or images/ + masks/',
                 dict(loading_codes='cellseg_learner', arch='cellseg_learner', penalty='cellseg_learner', lr='cellseg_fit',
-                     freeze_epochs='cellseg_fit', channel_dropout='cellseg_dls'), 8),
+                     freeze_epochs='cellseg_fit', channel_dropout='cellseg_dls'), None),   # None: cellseg_fit's length in optimizer steps
     'rescunet': ('follow objects through videos: a ReSCU-Net from image, previous mask and mask',
                  'folder of sample folders (image/, mask/, prev_mask/), as write_rescunet_samples writes them',
                  dict(lr=None, concat_level='rescunet_learner', encoder='rescunet_learner', width='rescunet_learner',
@@ -187,9 +188,13 @@ def summary_line(ev:pd.DataFrame # a `<wf>_evaluate` table
 def _export(learn:Learner, fn) -> Path:
     "Export `learn` to `fn`, creating its folder."
     out = Path(fn).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    learn.export(out)
+    with atomic_write(out) as tmp: learn.export(tmp)
     return out
+
+def _save_figure(fig, fn):
+    "Save `fig` as a PNG at `fn` atomically, and close it."
+    with atomic_write(fn) as tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
+    plt.close(fig)
 
 def _checkpointing(args, fn) -> dict:
     "`resume` and `checkpoint` of `fn`: a checkpoint beside the exported learner unless `--checkpoint` names one."
@@ -200,13 +205,15 @@ def _checkpointing(args, fn) -> dict:
 def train_command(args) -> Learner:
     "Train `args.workflow` on `args.data`; export the learner, its training log and loss plot, and print its validation scores."
     exp, opts = split_options(args)
-    hist = LossHistory()
     opts |= _checkpointing(args, workflow_fn(args.workflow, 'train'))
+    out = Path(args.out).absolute()
+    hist = LossHistory(out.with_name(f'{out.stem}_history.json'), resume=opts.get('resume', False))
     print(f'training {args.workflow} {exp} on {args.data}', flush=True)
-    with log_progress(): learn = train_learner(args.workflow, exp, args.data, opts, [hist])
-    history, out = _history(learn), _export(learn, args.out)
-    pd.DataFrame(history['epochs']).to_csv(out.with_name(f'{out.stem}_log.csv'), index=False)
-    ax = plot_history(history); ax.figure.savefig(out.with_name(f'{out.stem}_loss.png'), dpi=100); plt.close(ax.figure)
+    with log_progress(), distributed() as dist: learn = train_learner(args.workflow, exp, args.data, opts, [hist, *dist])
+    if not is_rank0(): return learn   # the other processes of a distributed run (torchrun, accelerate launch) only helped train
+    history, out = loss_history(learn), _export(learn, out)
+    with atomic_write(out.with_name(f'{out.stem}_log.csv')) as tmp: pd.DataFrame(history['epochs']).to_csv(tmp, index=False)
+    _save_figure(plot_history(history).figure, out.with_name(f'{out.stem}_loss.png'))
     print(f'saved {out}, {out.stem}_log.csv and {out.stem}_loss.png', flush=True)
     try: print(f'validation: {summary_line(workflow_fn(args.workflow, "evaluate")(learn))}', flush=True)
     except BioDataError as e: print(f'validation: not scored: {e}', flush=True)
@@ -284,32 +291,34 @@ def _comparison_config(args) -> dict:
     "The settings of a `compare` command: its file under its command-line options."
     conf = _read_config(args.config)
     if isinstance(conf, list): conf = dict(experiments=conf)
-    keys = {'workflow', 'data', 'dest', 'seed', 'retrain', 'options', 'experiments'}
+    keys = {'workflow', 'data', 'dest', 'seed', 'retrain', 'resume', 'options', 'experiments'}
     if not isinstance(conf, dict) or set(conf)-keys:
         raise ValueRangeError(args.config, _found(conf), f'a list of experiments or a mapping with keys from {sorted(keys)}',
                               'see biofastai compare --help')
     conf |= {k: v for k in ('workflow', 'data', 'dest', 'seed') if (v := getattr(args, k)) is not None}
     if args.retrain: conf['retrain'] = True
+    if args.resume: conf['resume'] = True
     for k in ('workflow', 'data', 'experiments'):
         if not conf.get(k): raise ValueRangeError(args.config, f'no {k}', f'the {k} to compare on', f'add `{k}:` to the file, or pass --{k}')
     if conf['workflow'] not in WORKFLOWS:
         raise ValueRangeError(args.config, f"workflow {conf['workflow']!r}", f'one of {list(WORKFLOWS)}', 'fix the workflow name')
-    return dict(dest=Path(args.config).with_suffix(''), seed=0, retrain=False, options={}) | conf
+    return dict(dest=Path(args.config).with_suffix(''), seed=0, retrain=False, resume=False, options={}) | conf
 
 def compare_command(args) -> pd.DataFrame:
     "Train and evaluate the experiments of `args.config` on one split; write the table and plots and print the table."
     c = _comparison_config(args)
     wf, dest = c['workflow'], Path(c['dest'])
-    def train(experiment, cbs=None): return train_learner(wf, experiment, c['data'], c['options'], cbs)
-    with log_progress(): res = compare_models(c['experiments'], train, workflow_fn(wf, 'evaluate'), dest, seed=c['seed'], retrain=c['retrain'])
-    res.to_csv(dest/'comparison.csv')
+    def train(experiment, cbs=None, resume=False, checkpoint=None):
+        return train_learner(wf, experiment, c['data'], c['options'] | dict(resume=resume, checkpoint=checkpoint), cbs)
+    with log_progress(): res = compare_models(c['experiments'], train, workflow_fn(wf, 'evaluate'), dest, seed=c['seed'], retrain=c['retrain'], resume=c['resume'])
+    with atomic_write(dest/'comparison.csv') as tmp: res.to_csv(tmp)
     ok = res[res.status!='failed']
     if len(ok):
         metrics = [m for m in res.columns if f'{m}_lo' in res and not any(m.endswith(f'_{o}') for o in res.columns if f'{o}_lo' in res)]
         for m in metrics:
             pairs = [m] + [o for o in res.columns if o.endswith(f'_{m}') and f'{o}_lo' in res]
-            ax = plot_comparison(ok, pairs); ax.figure.savefig(dest/f'comparison_{m}.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
-        ax = plot_losses(ok); ax.figure.savefig(dest/'losses.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
+            _save_figure(plot_comparison(ok, pairs).figure, dest/f'comparison_{m}.png')
+        _save_figure(plot_losses(ok).figure, dest/'losses.png')
     print(res.drop(columns=[c for c in res.columns if c.endswith(('_lo', '_hi'))]).to_string())
     print(f'saved {dest}/comparison.csv and plots', flush=True)
     return res
@@ -350,7 +359,7 @@ def _workflow_parsers(sub, verb:str, help:str, func) -> dict:
         p = wfs.add_parser(wf, help=what, description=f'{help}: {what}')
         p.add_argument('data', help=data)
         e = p.add_argument_group('experiment', f'the model and its training (see {wf}_train)')
-        e.add_argument('--epochs', type=int, default=argparse.SUPPRESS, help=f'epochs of training (default: {epochs})')
+        e.add_argument('--epochs', type=int, default=argparse.SUPPRESS, help=f'epochs of training (default: {epochs if epochs is not None else "enough for 150 optimizer steps"})')
         if 'lr' not in {k for k,v in exp.items() if v}: e.add_argument('--lr', type=float, default=argparse.SUPPRESS, help="peak learning rate (default: the workflow's)")
         exp_keys = ['epochs', 'lr']
         for k, fn in exp.items():
@@ -408,6 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--dest', help='folder for models, tables and plots (default: the config file without its suffix)')
     c.add_argument('--seed', type=int, help='seed of the split and the initialisation (default: 0)')
     c.add_argument('--retrain', action='store_true', help='train again experiments already finished in dest')
+    c.add_argument('--resume', action='store_true', help='continue the experiment a crash interrupted from its last checkpoint')
     c.set_defaults(func=compare_command)
     ex = sub.add_parser('export', help='export a trained model as a bioimage.io model package', description=export_command.__doc__)
     ex.add_argument('model', help='a learner exported by `biofastai train` (or a workflow notebook)')

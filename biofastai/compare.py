@@ -88,8 +88,6 @@ def loss_history(learn:Learner # a learner trained with a `LossHistory` callback
     return {'train_loss': [float(l) for l in rec.losses],
             'epochs': [{'iter': int(i), **{n: _num(v) for n,v in zip(names, vals)}} for i,vals in zip(rec.iters, rec.values)]}
 
-_history = loss_history   # the name `biofastai.cli` imports
-
 # %% ../nbs/30_compare.ipynb #0ec821a4
 def _jsonable(v):
     "`v` as plain JSON data; functions and classes (an architecture, a loss) by their name."

@@ -17,7 +17,7 @@ from fastai.vision.models.xresnet import xresnet18
 from .core import outline_overlay
 from .io import read_stack, read_mask
 from .synth import synth_cells, synth_videos, make_video, synth_spots, synth_nextframe, synth_dendrites
-from .compare import LossHistory, _history
+from .compare import LossHistory, loss_history
 from .cli import workflow_fn, train_learner, log_progress, plot_history, _export
 
 # %% auto #0
@@ -267,7 +267,7 @@ def run_workflow(workflow:str, # a key of `DEMOS`
     t = time.perf_counter()
     opts = dict(seed=seed, checkpoint=(Path(dest)/'checkpoints'/f'{workflow}.pth').absolute(), **r.get('options', {}))   # not in the working directory
     with log_progress(): learn = train_learner(workflow, r['experiment'], r['source'], opts, [LossHistory(), QuietEpochs()])
-    train_s, history = time.perf_counter()-t, _history(learn)
+    train_s, history = time.perf_counter()-t, loss_history(learn)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, QuietEpochs)])
     _export(learn, Path(dest)/'models'/f'{workflow}.pkl')
     valid = [e['valid_loss'] for e in history['epochs'] if e.get('valid_loss') is not None]

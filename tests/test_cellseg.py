@@ -1,4 +1,5 @@
 "Cell segmentation end to end: bad input caught before training, training on synthetic cells against Otsu and an untrained model, and real HeLa nuclei."
+import os
 import importlib.util, shutil
 from functools import partial
 from pathlib import Path
@@ -149,6 +150,7 @@ def _hela_small_data(tmp_path:Path, seed:int) -> tuple[float, float]:
     print(ev.round(3))
     return float(ev.dice.mean()), _otsu_dice(test, [0])
 
+@pytest.mark.skipif(not os.environ.get('BIOFASTAI_SLOW'), reason='4-13 minutes on 2 cores and passing with seed 0 only (issue #10 item 9 is open): run with BIOFASTAI_SLOW=1')
 def test_hela_small_data(tmp_path):
     """Issue #10 item 9: 8 annotated crops of one frame and random initial weights. With the old defaults (10 epochs,
     one optimizer step each) the model scored Dice 0.02 on whole frames where Otsu scores 0.81; with the defaults
