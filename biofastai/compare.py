@@ -143,9 +143,9 @@ def _write(path:Path, name:str, metrics:pd.DataFrame, learn:Learner, rec:dict):
 
 def _checkpointing(train:Callable, resume:bool, checkpoint:Path) -> dict:
     "`resume` and `checkpoint` for `train`, if it takes them (every `<wf>_train` does)."
-    ps = inspect.signature(train).parameters
+    ps = inspect.signature(train.func if isinstance(train, partial) else train).parameters   # a partial's own signature fails when it fixes keywords of `**kwargs`
     if any(p.kind==p.VAR_KEYWORD for p in ps.values()) or {'resume', 'checkpoint'} <= set(ps): return dict(resume=resume, checkpoint=checkpoint)
-    if resume: raise ValueRangeError('train', f'a function without resume and checkpoint arguments: {train.__name__}{inspect.signature(train)}',
+    if resume: raise ValueRangeError('train', f'a function without resume and checkpoint arguments: {train!r}',
                                      'train(experiment, cbs=None, resume=False, checkpoint=None), handing them to the <wf>_train it calls',
                                      'add the two arguments to train, or leave resume out')
     return {}
