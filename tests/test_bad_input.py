@@ -11,6 +11,7 @@ from biofastai.rescunet import rescunet_items
 from biofastai.spines import read_spines, spines_items
 from biofastai.spots import spots_items
 from biofastai.nextframe import nextframe_items
+from biofastai.ngff import read_ngff, read_tiff_lazy, read_lazy, write_ngff
 
 # ---- files -------------------------------------------------------------------------------------------------------------
 def img(h=32, w=32, seed=0, c=None):
@@ -232,8 +233,34 @@ TABLE = {
     'text-in-numeric-column': _table('words.csv', lambda fn: fn.write_text('y,x\n1,2\n3,four\n'), numeric=('y', 'x')),
 }
 
+def _zarr(t, edit=None):
+    "A good one-level OME-Zarr image (NGFF 0.4), then `edit(folder)`."
+    root = write_ngff(t/'img.ome.zarr', img(c=2), axes='cyx', chunk=16)
+    if edit: edit(root)
+    return root
+
+def _attrs(root, f): (root/'.zattrs').write_text(f(__import__('json').loads((root/'.zattrs').read_text())))
+
+LAZY = {
+    'ngff-missing-folder': lambda t: (lambda: read_ngff(t/'gone.ome.zarr'), 'gone.ome.zarr'),
+    'ngff-file-not-folder': lambda t: (lambda: read_ngff(write_tiff(t/'a.tif', img())), 'a.tif'),
+    'ngff-plain-folder': lambda t: ((t/'plain').mkdir(), (lambda: read_ngff(t/'plain'), 'plain'))[1],
+    'ngff-no-multiscales': lambda t: (lambda r: (lambda: read_ngff(r), 'img.ome.zarr'))(_zarr(t, lambda r: (r/'.zattrs').write_text('{}'))),
+    'ngff-garbage-metadata': lambda t: (lambda r: (lambda: read_ngff(r), 'img.ome.zarr'))(_zarr(t, lambda r: garbage(r/'.zattrs'))),
+    'ngff-level-out-of-range': lambda t: (lambda r: (lambda: read_ngff(r, level=3), 'level 3'))(_zarr(t)),
+    'ngff-axes-disagree-with-array': lambda t: (lambda r: (lambda: read_ngff(r), 'img.ome.zarr'))(
+        _zarr(t, lambda r: _attrs(r, lambda a: __import__('json').dumps(a | dict(multiscales=[a['multiscales'][0] | dict(axes=['y', 'x'])]))))),
+    'tiff-missing-file': lambda t: (lambda: read_tiff_lazy(t/'gone.tif'), 'gone.tif'),
+    'tiff-folder': lambda t: ((t/'d.tif').mkdir(), (lambda: read_tiff_lazy(t/'d.tif'), 'd.tif'))[1],
+    'tiff-zero-byte': lambda t: (lambda: read_tiff_lazy(zero_bytes(t/'zero.tif')), 'zero.tif'),
+    'tiff-random-bytes': lambda t: (lambda: read_tiff_lazy(garbage(t/'noise.tif')), 'noise.tif'),
+    'tiff-axes-of-wrong-length': lambda t: (lambda: read_tiff_lazy(write_tiff(t/'flat.tif', img()), axes='tcyx'), 'flat.tif'),
+    'tiff-axes-out-of-order': lambda t: (lambda: read_tiff_lazy(write_tiff(t/'two.tif', img(c=2), axes='CYX'), axes='ycx'), 'two.tif'),
+    'array-without-yx': lambda t: (lambda: read_lazy(np.zeros((4, 8, 8)), axes='cyz'), 'array'),
+}
+
 TABLES = dict(read_stack=_io(read_stack), read_image=_io(read_image), read_mask=_io(read_mask), read_table=TABLE, cellseg=CELLSEG, rescunet=RESCUNET,
-              spines=SPINES, spots=SPOTS, nextframe=NEXTFRAME, channels=CHANNELS)
+              spines=SPINES, spots=SPOTS, nextframe=NEXTFRAME, channels=CHANNELS, lazy=LAZY)
 
 # Text files (annotation tables through `io.read_table`, class names) that cannot be read, or hold text among the coordinates.
 TEXT_FILES = {

@@ -1,5 +1,4 @@
 "bioimage.io export: every workflow's package passes bioimageio.core's model test, offline, and predicts through bioimageio.core what the workflow predicts."
-from pathlib import Path
 import numpy as np, pytest, torch
 pytest.importorskip('bioimageio.core', reason='the bioimage.io validator is not installed: pip install "biofastai[bioimageio]" (or the dev extra)')
 import bioimageio.core as bc
@@ -7,9 +6,6 @@ from bioimageio.spec import load_model_description
 from bioimageio.spec.utils import load_array
 from fastai.learner import load_learner
 from biofastai.cli import main
-from biofastai.io import read_stack, read_mask
-from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
-from biofastai.rescunet import write_rescunet_samples
 from biofastai.channels import channel_loader
 from biofastai.cellseg import cellseg_predict
 from biofastai.spines import scan
@@ -23,14 +19,10 @@ OPTS = dict(cellseg=['--loading-codes', '1', '100', '7', '--arch', 'resnet18', '
             nextframe=['--hidden', '8', '--bs', '4'], spines=['--filters', '4', '8', '16', '--fc', '16', '8'])
 
 @pytest.fixture(scope='module')
-def learners(tmp_path_factory):
-    "One briefly trained learner of each workflow, exported and reloaded as `biofastai export` would read it."
+def learners(tiny_data, tmp_path_factory):
+    "One briefly trained learner of each workflow (on the shared tiny data), exported and reloaded as `biofastai export` would read it."
     d = tmp_path_factory.mktemp('bioimageio')
-    v = synth_videos(d/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
-    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), d/'samples', 'v0', crop_size=32)
-    data = dict(cellseg=synth_cells(d/'cells', n=8, size=32), rescunet=d/'samples', spots=synth_spots(d/'spots', n=4, n_frames=6, size=32),
-                nextframe=synth_nextframe(d/'nextframe', n=8, n_frames=5, size=16), spines=synth_dendrites(d/'dendrites', n=3, size=96))
-    for wf in OPTS: main(['train', wf, str(data[wf]), '--epochs', '1', *OPTS[wf], '--out', str(d/'models'/f'{wf}.pkl')])
+    for wf in OPTS: main(['train', wf, str(tiny_data[wf]), '--epochs', '1', *OPTS[wf], '--out', str(d/'models'/f'{wf}.pkl')])
     return d, {wf: load_learner(d/'models'/f'{wf}.pkl') for wf in OPTS}
 
 def _workflow_prediction(wf, learn, xs):

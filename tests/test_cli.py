@@ -1,27 +1,20 @@
 "The `biofastai` verbs for every workflow: train, predict, evaluate, lr-find, compare; export and reload in a fresh process."
-import subprocess, sys, shutil, json
+import subprocess, sys, shutil
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from fastai.learner import load_learner
 from biofastai.cli import main, make_parser
-from biofastai.io import read_stack, read_mask
-from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
-from biofastai.rescunet import write_rescunet_samples
+from biofastai.io import read_stack
+from biofastai.synth import synth_cells
 
 def run_cli(*args):
     exe = shutil.which('biofastai', path=str(Path(sys.executable).parent)) or 'biofastai'
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    "Tiny built-in data for every workflow, and the prediction inputs."
-    d = tmp_path_factory.mktemp('cli')
-    v = synth_videos(d/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
-    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), d/'samples', 'v0', crop_size=32)
-    return dict(root=d, cellseg=synth_cells(d/'cells', n=8, size=32), rescunet=d/'samples', spots=synth_spots(d/'spots', n=4, n_frames=6, size=32),
-                nextframe=synth_nextframe(d/'nextframe', n=8, n_frames=5, size=16), spines=synth_dendrites(d/'dendrites', n=3, size=96),
-                inputs=dict(cellseg=d/'cells'/'FullImage', rescunet=d/'videos', spots=d/'spots', nextframe=d/'nextframe'/'sequences',
-                            spines=d/'dendrites'/'images'))
+def data(tiny_data, tmp_path_factory):
+    "The shared tiny data of every workflow (tests/conftest.py), with a folder of this module's own for outputs."
+    return tiny_data | dict(root=tmp_path_factory.mktemp('cli'))
 
 OPTS = dict(cellseg=['--loading-codes', '1', '4', '7', '--arch', 'resnet18', '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained'],
             rescunet=['--width', '4', '--bs', '4'], spots=['--layer-depth', '8', '--backprop-length', '3', '--bs', '2'],

@@ -1,0 +1,16 @@
+"Fixtures shared by several test modules."
+import pytest
+from biofastai.io import read_stack, read_mask
+from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
+from biofastai.rescunet import write_rescunet_samples
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    "Tiny built-in data for every workflow (`data[wf]`: what `biofastai train wf` reads) and prediction inputs (`data['inputs'][wf]`); read only."
+    d = tmp_path_factory.mktemp('tiny_data')
+    v = synth_videos(d/'videos', n=1, n_frames=6, size=64, n_objects=2)/'video_000'
+    write_rescunet_samples(read_stack(v/'image.tif')[:, 0], read_mask(v/'labels.tif'), d/'samples', 'v0', crop_size=32)
+    return dict(cellseg=synth_cells(d/'cells', n=8, size=32), rescunet=d/'samples', spots=synth_spots(d/'spots', n=4, n_frames=6, size=32),
+                nextframe=synth_nextframe(d/'nextframe', n=8, n_frames=5, size=16), spines=synth_dendrites(d/'dendrites', n=3, size=96),
+                inputs=dict(cellseg=d/'cells'/'FullImage', rescunet=d/'videos', spots=d/'spots', nextframe=d/'nextframe'/'sequences',
+                            spines=d/'dendrites'/'images'))
