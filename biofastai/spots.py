@@ -360,27 +360,31 @@ class SpotCell(nn.Module):
         layer_depth:int=64, # filters of every layer, and channels of the state
         conv_size:int=3, # kernel size of the frame convolutions
         combiner_conv_size:int=7, # kernel size of the convolution that merges the frame with the state
-        n_classes:int=2, # background and spot
+        n_classes:int=2, # background and spot; 0: no head (a cell whose states a `SpotNet` head reads, through `step`)
     ):
         super().__init__()
         conv = lambda ci, co, k: nn.Conv2d(ci, co, k, padding=k//2)
         self.features = nn.Sequential(conv(n_in, layer_depth, conv_size), nn.ReLU(), conv(layer_depth, layer_depth, conv_size), nn.ReLU())
         self.combiner = conv(2*layer_depth, layer_depth, combiner_conv_size)
-        self.head = conv(layer_depth, n_classes, conv_size)
-        self.layer_depth = layer_depth
+        self.head = conv(layer_depth, n_classes, conv_size) if n_classes else None
+        store_attr('layer_depth,conv_size')
+
+    def step(self, x:torch.Tensor, state:torch.Tensor|None=None) -> torch.Tensor:
+        "The new state (B,layer_depth,H,W) after frame `x` (B,C,H,W)."
+        f = self.features(x)
+        if state is None: state = torch.zeros_like(f)
+        return torch.tanh(self.combiner(torch.cat([f, state], 1)))
 
     def forward(self, x:torch.Tensor, state:torch.Tensor|None=None) -> tuple[torch.Tensor, torch.Tensor]:
         "Logits (B,2,H,W) of frame `x` (B,C,H,W), and the new state."
-        f = self.features(x)
-        if state is None: state = torch.zeros_like(f)
-        state = torch.tanh(self.combiner(torch.cat([f, state], 1)))
+        state = self.step(x, state)
         return self.head(state), state
 
 # %% ../nbs/22_spots.ipynb #9e53ab1c
 ARCH_PATHS = ('forward', 'forward_backward')
 
 class SpotNet(nn.Module):
-    "A `SpotCell` run over (B,L,C,H,W) windows, forward or forward then backward, with state carried between windows."
+    "`SpotCell`s run over (B,L,C,H,W) windows, forward or in both directions, with the forward state carried between windows."
     def __init__(self,
         arch_path:str='forward', # 'forward' or 'forward_backward'
         backprop_length:int=6, # frames per window the model is trained on (kept for inference)
@@ -391,8 +395,11 @@ class SpotNet(nn.Module):
         if arch_path not in ARCH_PATHS: raise ValueRangeError('arch_path', repr(arch_path), f'one of {ARCH_PATHS}', "pass arch_path='forward' or 'forward_backward'")
         store_attr('arch_path,backprop_length,normalize')
         self.input_norm = nn.BatchNorm2d(kwargs.get('n_in', 1))
-        self.cell = SpotCell(**kwargs)
-        self.backward_cell = SpotCell(**kwargs) if arch_path=='forward_backward' else None
+        fb = arch_path=='forward_backward'
+        self.cell = SpotCell(**kwargs, n_classes=0 if fb else 2)
+        self.backward_cell = SpotCell(**kwargs, n_classes=0) if fb else None
+        c = self.cell   # forward_backward: logits from the forward and backward states of a frame together
+        self.head = nn.Conv2d(2*c.layer_depth, 2, c.conv_size, padding=c.conv_size//2) if fb else None
         self.state = None
 
     def reset(self, mask:torch.Tensor|None=None):
@@ -406,12 +413,15 @@ class SpotNet(nn.Module):
         if self.state is not None and self.state.shape[0]!=x.shape[0]: self.state = None
         h, outs = self.state, []
         for t in range(x.shape[1]):
-            out, h = self.cell(x[:,t], h); outs.append(out)
+            if self.head is None: out, h = self.cell(x[:,t], h)
+            else: out = h = self.cell.step(x[:,t], h)
+            outs.append(out)
         self.state = h.detach()
-        if self.backward_cell is not None:
-            outs = [None]*x.shape[1]
-            for t in reversed(range(x.shape[1])): outs[t], h = self.backward_cell(x[:,t], h)
-        return torch.stack(outs, 1)
+        if self.head is None: return torch.stack(outs, 1)
+        back = [None]*x.shape[1]
+        for t in reversed(range(x.shape[1])): back[t] = h = self.backward_cell.step(x[:,t], h)
+        s = torch.cat([torch.stack(outs, 1), torch.stack(back, 1)], 2)   # (B,L,2*layer_depth,H,W)
+        return self.head(s.flatten(0, 1)).view(*s.shape[:2], 2, *s.shape[3:])
 
 # %% ../nbs/22_spots.ipynb #ab255e70
 class SeriesResetter(Callback):
@@ -665,7 +675,7 @@ def tune_log_spots(series:list, # training series (paths or dicts from `read_spo
 
 def tune_threshold(learn, # a trained spot learner
                    series:list, # training series (paths or dicts from `read_spot_series`)
-                   thresholds=tuple(np.round(np.arange(0.3, 0.96, 0.05), 2)), # probability thresholds tried
+                   thresholds=tuple(np.round(np.r_[np.arange(0.3, 0.875, 0.05), np.arange(0.9, 0.995, 0.01)], 2)), # probability thresholds tried
                    radius:float=3., # largest distance of a match
                   ) -> tuple[float, float]:
     "The probability threshold with the best spot F1 summed over `series`, and that F1."
