@@ -216,19 +216,32 @@ def _nuclei(rng, labels:np.ndarray) -> np.ndarray:
         nuc[box] += own*np.clip((1-rho)*r/1.5 + 0.5, 0, 1)
     return nuc
 
-def _brightfield(thickness:np.ndarray, absorb:np.ndarray, illum:np.ndarray) -> np.ndarray:
-    "Seven brightfield planes (defocus -3..+3) of cells as phase objects: I ~ (1 - absorption)(1 - z Laplacian(phase)), blurred more away from focus."
+def _brightfield(path:np.ndarray, # the optical path the cells add, µm
+                 absorb:np.ndarray, # fraction of the light absorbed
+                 defocus, # focus offsets, in steps of `step`
+                 step:float=2., # µm between focal planes
+                 pixel:float=0.5, # µm per pixel in the sample
+                 wavelength:float=0.55, # µm
+                 na:float=0.4, # the objective's numerical aperture
+                 na_condenser:float=0.1, # the condenser's: its cone of light blurs defocused planes
+                 pad:int=24) -> np.ndarray:
+    "Bright-field intensity (1 = no sample) at each `defocus`: the light the cells transmit, propagated (Fresnel) through the objective."
+    u = np.pad(np.sqrt(1-absorb)*np.exp(2j*np.pi*path/wavelength), pad, mode='edge')
+    fy, fx = np.meshgrid(np.fft.fftfreq(u.shape[0], pixel), np.fft.fftfreq(u.shape[1], pixel), indexing='ij')
+    f2 = fy**2 + fx**2
+    spectrum = np.fft.fft2(u)*(f2 <= (na/wavelength)**2)
     planes = []
-    for z in range(-3, 4):   # transport of intensity: defocus turns the curvature of the optical path into contrast, its sign with z's
-        s = 0.6 + 0.7*abs(z)
-        planes.append(3000*illum*(1 - ndi.gaussian_filter(absorb, s))*(1 - 2*z*ndi.laplace(ndi.gaussian_filter(thickness, s))))
-    return np.stack(planes)
+    for z in defocus:   # out of focus, phase becomes intensity (~ -z Laplacian of the optical path): its sign flips through focus
+        sharp = np.abs(np.fft.ifft2(spectrum*np.exp(-1j*np.pi*wavelength*z*step*f2)))**2
+        planes.append(ndi.gaussian_filter(sharp, abs(z)*step*na_condenser/pixel)[pad:-pad, pad:-pad])   # each ray of the cone shifts the image by z*angle
+    return np.stack(planes).astype(np.float32)
 
 def make_cell_field(size:int=128, # image height and width
                     n_cells:int=4, # cells to place (0: a cell-free negative control); fewer when they do not fit
                     seed=None, # int seed or `np.random.Generator`
+                    defocus=range(-3, 4), # focus offsets of the bright-field planes (2 µm steps), channels 9 on
                    ) -> tuple[np.ndarray, np.ndarray]:
-    "A 16-channel field of view (16,H,W) float32 in camera counts, and its instance labels (H,W) int32 (0 = background)."
+    "A field of view (9+len(defocus),H,W) float32 in camera counts (16 channels by default), and its instance labels (H,W) int32 (0 = background)."
     rng = as_rng(seed)
     labels = _cell_labels(rng, size, n_cells)
     n, cell = labels.max(), labels > 0
@@ -244,9 +257,13 @@ def make_cell_field(size:int=128, # image height and width
     illum, background = _illumination(rng, labels.shape, rng.uniform(0.2, 0.5)), 0.05*(1 + 0.5*_smooth_noise(rng, labels.shape, 15))
     fluo = [_camera(rng, 600*g*illum*(stain+background), read_noise=4., saturation=4095.)
             for stain in (cyto, membrane, mito) for g in (0.25, 1, 4)]
-    thickness = ndi.gaussian_filter(height + 0.5*nuc, 1.0)   # optical path: thin at the edge, thickest over the nucleus
-    granules = height*(0.06 + 0.04*_smooth_noise(rng, labels.shape, 1.5)) + 0.1*ndi.gaussian_filter(puncta.astype(np.float32), 1.)
-    bf = _camera(rng, _brightfield(thickness, np.clip(granules, 0, None), _illumination(rng, labels.shape, rng.uniform(0.1, 0.3))), read_noise=4.)
+    thickness = ndi.gaussian_filter(height + 0.5*nuc, 1.0)   # thin at the edge, thickest over the nucleus
+    bf_rng = rng.spawn(1)[0]   # bright-field draws apart, so that `defocus` leaves the other channels and fields as they are
+    organelles = height*_smooth_noise(bf_rng, labels.shape, 1.5) + 2*ndi.gaussian_filter(puncta.astype(np.float32), 1.)
+    path = 0.1*thickness + 0.013*organelles   # µm: a cell of unit thickness is 3 µm high, its refractive index 0.033 above the medium's
+    absorb = np.clip(0.02*height + 0.015*organelles, 0, None)   # unstained cells absorb little: in focus they are faint
+    illum = _illumination(bf_rng, labels.shape, bf_rng.uniform(0.1, 0.3))
+    bf = _camera(bf_rng, 3000*illum*_brightfield(path, absorb, defocus), read_noise=4.)
     return np.concatenate([np.stack(fluo), bf]).astype(np.float32), labels
 
 # %% ../nbs/01_synth.ipynb #30da8b3b
@@ -255,13 +272,14 @@ def synth_cells(dest, # folder to write into (created)
                 size:int=128, # image height and width
                 negative_fraction:float=0.25, # fraction of cell-free negative controls
                 seed=0, # int seed or `np.random.Generator`
+                defocus=range(-3, 4), # focus offsets of the bright-field planes, channels 9 on
                ) -> Path:
-    "Write `n` 16-channel fields of view with semantic masks, instance labels and `codes.txt` under `dest`; returns `dest`."
+    "Write `n` fields of view (16 channels by default) with semantic masks, instance labels and `codes.txt` under `dest`; returns `dest`."
     rng, dest = as_rng(seed), Path(dest)
     for d in ('FullImage', 'Mask_Norm', 'Labels'): (dest/d).mkdir(parents=True, exist_ok=True)
     negative = rng.permutation(n) < round(n*negative_fraction)
     for i in range(n):
-        img, labels = make_cell_field(size, 0 if negative[i] else int(rng.integers(2, 7)), seed=rng)
+        img, labels = make_cell_field(size, 0 if negative[i] else int(rng.integers(2, 7)), seed=rng, defocus=defocus)
         name = f'cell_{i:03d}.tif'
         _write_tif(dest/'FullImage'/name, _to_uint16(img), 'CYX')
         _write_tif(dest/'Mask_Norm'/name, (labels > 0).astype(np.uint8), 'YX')
