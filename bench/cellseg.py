@@ -38,8 +38,8 @@ and +2; and, against each one-plane model, better on the planes neither saw: per
 random-plane model's mean Dice over those planes minus the one-plane model's, whose 95% t-interval must lie above 0
 (one training seed; a difference within the spread between fields is no win). Last line: key=value figures; exit
 status 1 when a target is missed or an experiment fails.
-Run: python bench/cellseg.py [--out DIR] [--epochs 10]   (18 minutes on 2 CPU cores shared with other jobs, load
-about 10; 5 models of about 120 optimizer steps each)
+Run: python bench/cellseg.py [--out DIR] [--epochs 10]   (8 minutes on 2 CPU cores shared with other jobs at load
+about 5, 18 at load 10; 5 models of about 120 optimizer steps each)
 """
 import argparse, shutil, sys, tempfile, time, warnings
 from functools import partial
