@@ -6,7 +6,7 @@ Docs: https://biofastai.github.io/biofastai/cellseg.html.md"""
 
 # %% ../nbs/20_cellseg.ipynb #9acbb56d
 from __future__ import annotations
-import random, warnings
+import math, random, warnings
 from collections.abc import Mapping
 from pathlib import Path
 import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
@@ -38,8 +38,8 @@ from .metrics import dice, iou, DiceMetric, IoUMetric
 from .callbacks import checkpointed, epochs_for, BestWeights
 
 # %% auto #0
-__all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'cellseg_dls', 'make_subimages', 'cellseg_learner',
-           'cellseg_fit', 'cellseg_train', 'augmentations', 'explore_transforms', 'cellseg_predict',
+__all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'RandomGain', 'cellseg_dls', 'make_subimages',
+           'cellseg_learner', 'cellseg_fit', 'cellseg_train', 'augmentations', 'explore_transforms', 'cellseg_predict',
            'cellseg_predict_folder', 'otsu_mask', 'cellseg_evaluate', 'plot_penalty_sweep', 'penalty_sweep']
 
 # %% ../nbs/20_cellseg.ipynb #af799920
@@ -154,6 +154,24 @@ class RandomCropPad(RandTransform):
         if py or px: x = F.pad(x, (px//2, px-px//2, py//2, py-py//2))
         return x[..., t:t+s, l:l+s]
 
+# %% ../nbs/20_cellseg.ipynb #f3e08b2a
+class RandomGain(RandTransform):
+    "Multiply each channel of a training sample, with probability `p`, by a gain drawn log-uniformly from [1/`max_gain`, `max_gain`]."
+    order = 45   # after fastai's lighting transforms
+    def __init__(self,
+        max_gain:float=2., # largest factor; the smallest is its inverse
+        p:float=0.75, # probability for each sample
+    ): super().__init__(p=p); store_attr('max_gain')
+
+    def before_call(self, b, split_idx:int|None):
+        x = b[0] if isinstance(b, tuple) else b
+        lg, n = math.log(self.max_gain), x.shape[0]
+        gain = torch.empty(n, x.shape[1], 1, 1, device=x.device).uniform_(-lg, lg).exp()
+        self.gain = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < self.p, gain, 1.)
+        self.do = True   # `p` is drawn for each sample, not for the batch
+
+    def encodes(self, x:TensorMultiChannel): return x*self.gain
+
 # %% ../nbs/20_cellseg.ipynb #4ac532c9
 def _mask_tensor(fn) -> TensorMask:
     "The mask in `fn` as a `TensorMask` of class indices."
@@ -177,7 +195,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
                 channel_dropout:float=0., # probability of blanking the channel of a loading code >= 200 in training
                 normalize:tuple|None=(1., 99.8), # percentiles of each raw channel mapped to 0 and 1; None keeps the values
                 axes:str|None=None, # axes of image files without axes metadata, e.g. 'CYX'
-                batch_tfms=None, # augmentations; None: `aug_transforms(flip_vert=True)`
+                batch_tfms=None, # augmentations; None: `aug_transforms(flip_vert=True)` and `RandomGain()`
                 **kwargs
                ) -> DataLoaders:
     "Checked segmentation `DataLoaders` of multi-channel images, fed through `loading_codes`, and class masks."
@@ -197,7 +215,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
     dblock = DataBlock(blocks=(MultiChannelBlock(loading_codes, recipes, channel_dropout, normalize, axes, seed), _mask_block(codes)),
                        get_x=ColReader('image'), get_y=ColReader('mask'), splitter=splitter,
                        item_tfms=RandomCropPad(size) if size else None,
-                       batch_tfms=aug_transforms(flip_vert=True) if batch_tfms is None else batch_tfms)
+                       batch_tfms=aug_transforms(flip_vert=True)+[RandomGain()] if batch_tfms is None else batch_tfms)
     # training drops the last incomplete batch: with fewer samples than `bs`, one batch of all of them, not none
     return dblock.dataloaders(items, bs=min(bs, len(train)), **kwargs)
 
@@ -279,7 +297,8 @@ def cellseg_learner(dls:DataLoaders, # from `cellseg_dls`
     learn = unet_learner(dls, _arch(arch), n_in=len(load.loading_codes), n_out=n_out, normalize=False, pretrained=pretrained,
                          loss_func=WeightedCrossEntropy([1.]+[float(penalty)]*(n_out-1)),
                          metrics=[DiceMetric(), IoUMetric()] if metrics is None else metrics, **kwargs)
-    learn.tile_size = max(256, round_up(max(dls.one_batch()[0].shape[-2:]), 32))   # default tile at inference: at least the training size
+    # default tile at inference: the training size (see Inference)
+    learn.tile_size = max(64, round_up(max(dls.one_batch()[0].shape[-2:]), 32))
     return learn
 
 # %% ../nbs/20_cellseg.ipynb #40c7ecb4
@@ -327,7 +346,7 @@ def cellseg_train(experiment:dict, # name, loading_codes, arch, penalty, lr, epo
 def augmentations() -> dict:
     "A catalogue of single augmentations, each applied every time (p=1), by name."
     return {'flip': Flip(p=1.), 'rotate 90': Rotate(p=1., draw=90.), 'rotate': Rotate(max_deg=30, p=1.), 'zoom': Zoom(min_zoom=1.2, max_zoom=1.6, p=1.),
-            'warp': Warp(magnitude=0.4, p=1.), 'brightness': Brightness(max_lighting=0.5, p=1.), 'contrast': Contrast(max_lighting=0.5, p=1.)}
+            'warp': Warp(magnitude=0.4, p=1.), 'brightness': Brightness(max_lighting=0.5, p=1.), 'contrast': Contrast(max_lighting=0.5, p=1.), 'gain': RandomGain(p=1.)}
 
 # %% ../nbs/20_cellseg.ipynb #4b3bdeb6
 def _sample(dls:DataLoaders, idx:int) -> tuple:
