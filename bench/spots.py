@@ -15,6 +15,9 @@ Spot F1: frame by frame Hungarian matching within 3 px (`biofastai.metrics.match
 Tail F1: the same matching, then only the faint tail spots (amplitude <= 0.6 x the burst peak; every burst of a series has
 the same peak) and the predictions matched to them or to nothing are kept.
 Targets: forward_backward F1 >= 0.85 and >= LoG + 0.2; tail F1 forward_backward >= forward >= Spotiflow.
+Seeds 0 and 1 (one CPU thread, 24 and 16 minutes): F1 0.942/0.930 (forward_backward), 0.912/0.908 (forward), 0.536/0.666
+(Spotiflow), 0.352 (LoG); tail F1 0.876/0.838, 0.803/0.806, 0.343/0.507, 0.127. Spotiflow given 6x the steps (seed 0)
+reached F1 0.770 but tail F1 only 0.570: one frame does not hold a tail spot's evidence.
 The last line holds key=value pairs; the exit status is 1 when a target is missed (or Spotiflow could not run).
 Spotiflow needs `pip install spotiflow==0.6.5` with its dependencies (the `bench` extra).
 """
