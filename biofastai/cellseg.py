@@ -38,9 +38,10 @@ from .metrics import dice, iou, DiceMetric, IoUMetric
 from .callbacks import checkpointed, epochs_for, BestWeights
 
 # %% auto #0
-__all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'RandomGain', 'cellseg_dls', 'make_subimages',
-           'cellseg_learner', 'cellseg_fit', 'cellseg_train', 'augmentations', 'explore_transforms', 'cellseg_predict',
-           'cellseg_predict_folder', 'otsu_mask', 'cellseg_evaluate', 'plot_penalty_sweep', 'penalty_sweep']
+__all__ = ['DEFAULT_CODES', 'cellseg_items', 'cellseg_check', 'RandomCropPad', 'RandomGain', 'cells_splitter', 'cellseg_dls',
+           'make_subimages', 'cellseg_learner', 'cellseg_fit', 'cellseg_train', 'augmentations', 'explore_transforms',
+           'cellseg_predict', 'cellseg_predict_folder', 'otsu_mask', 'cellseg_evaluate', 'plot_penalty_sweep',
+           'penalty_sweep']
 
 # %% ../nbs/20_cellseg.ipynb #af799920
 DEFAULT_CODES = ('Background', 'Cell')
@@ -182,6 +183,19 @@ def _mask_block(codes:list) -> TransformBlock:
     "fastai's `MaskBlock`, reading masks with `read_mask` (TIFF, PNG or NPY, any integer type)."
     return TransformBlock(type_tfms=_mask_tensor, item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
+# %% ../nbs/20_cellseg.ipynb #c8aea5a5
+def cells_splitter(cell_fraction, # fraction of cell pixels of each sample, from `cellseg_check`
+                   valid_pct:float=0.2, # fraction of samples for validation
+                   seed:int=0 # seed of the split
+                  ):
+    "`RandomSplitter(valid_pct, seed)` whose validation set holds a sample with cells whenever training has two or more."
+    has = np.asarray(cell_fraction)>0
+    train, valid = RandomSplitter(valid_pct, seed=seed)(has)
+    if len(valid) and not has[valid].any() and has[train].sum()>1:
+        k = next(i for i,t in enumerate(train) if has[t])   # the first in RandomSplitter's shuffled order
+        train[k], valid[0] = valid[0], train[k]
+    return lambda o: (train, valid)
+
 # %% ../nbs/20_cellseg.ipynb #d9be7062
 @delegates(DataBlock.dataloaders)
 def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or images/ + masks/) or a DataFrame with columns image, mask [, is_valid]
@@ -189,7 +203,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
                 codes:list|None=None, # class names; None: from codes.txt, else Background and Cell
                 size:int|None=None, # crop (training: at random) or pad samples to `size` x `size`; None: all samples must share one size
                 bs:int=8, # batch size; at most the number of training samples
-                valid_pct:float=0.2, # fraction of samples for validation, unless `source` has an `is_valid` column
+                valid_pct:float=0.2, # fraction of samples for validation (one with cells where possible), unless `source` has an `is_valid` column
                 seed:int=0, # seed of the split and of the loading codes' random choices
                 recipes:Mapping=SEED_RECIPES, # recipes for loading codes 51-199
                 channel_dropout:float=0., # probability of blanking the channel of a loading code >= 200 in training
@@ -207,7 +221,7 @@ def cellseg_dls(source, # folder (FullImage/ + Mask_Norm/ [+ codes.txt], or imag
         raise ShapeError(describe_item(info.image[(info.height!=sizes[0][0])|(info.width!=sizes[0][1])].iloc[0]),
                          f'samples of {len(sizes)} sizes, e.g. {sizes[:3]}', 'one size for all samples',
                          'pass size= to cut (or pad) every sample to one square size')
-    splitter = ColSplitter('is_valid') if 'is_valid' in items else RandomSplitter(valid_pct, seed=seed)
+    splitter = ColSplitter('is_valid') if 'is_valid' in items else cells_splitter(info.cell_fraction, valid_pct, seed)
     train, valid = splitter(items)
     if not len(valid):
         raise EmptyDataError('validation set', f'no samples (valid_pct={valid_pct} of {len(items)})', 'at least one validation sample',

@@ -55,6 +55,13 @@ def test_dataframe_row_without_image(small):
     items = pd.DataFrame(dict(image=[small/'FullImage'/'cell_000.tif', None], mask=[small/'Mask_Norm'/'cell_000.tif', small/'Mask_Norm'/'cell_001.tif']))
     _raises(MissingFileError, small/'Mask_Norm'/'cell_001.tif', 'a mask without an image', items, CODES)
 
+def test_validation_holds_cells(small):
+    "Seed 1 draws a cell-free field of the eight for validation; it trades places with a training field with cells."
+    dls = cellseg_dls(small, CODES, seed=1, num_workers=0)
+    fields = [read_mask(m).any() for m in dls.valid.items['mask']]
+    assert fields==[True], fields
+    assert sum(read_mask(m).any() for m in dls.train.items['mask'])==sum(read_mask(m).any() for m in cellseg_items(small)['mask'])-sum(fields)
+
 def test_train_is_reproducible(small):
     "The same experiment and seed give the same model."
     exp = dict(name='tiny', loading_codes=CODES, arch='resnet18', penalty=2, epochs=1, lr=1e-3)
