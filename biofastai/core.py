@@ -34,6 +34,9 @@ class BioDataError(ValueError):
         self.source,self.found,self.expected,self.fix = source,found,expected,fix
         super().__init__(f"{source}: found {found}, expected {expected}. Fix: {fix}")
 
+    # raised in a worker process (DataLoader workers, a dask cluster), the error is pickled back with its four parts
+    def __reduce__(self): return type(self), (self.source, self.found, self.expected, self.fix)
+
 # %% ../nbs/00_core.ipynb #9185b8c7
 class MissingFileError(BioDataError, FileNotFoundError): "A file or folder that should exist does not."
 

@@ -52,6 +52,19 @@ def _check_axes(axes:str, shape:tuple, source) -> str:
     return a
 
 # %% ../nbs/06_ngff.ipynb #5ab1a093
+class _CheckedReads:
+    "The zarr array `arr` for dask, a chunk that cannot be read raising a `CorruptFileError` naming `source`."
+    def __init__(self, arr, source): self.arr,self.source,self.shape,self.dtype,self.ndim = arr,source,arr.shape,arr.dtype,arr.ndim
+    def __getitem__(self, idx):
+        try: return self.arr[idx]
+        except Exception as e:   # a damaged chunk shows only when read, deep inside a dask computation
+            raise CorruptFileError(self.source, f'a chunk that cannot be read ({type(e).__name__}: {e})', 'readable chunks',
+                                   'copy or save the image again: a copy or a write that stopped part-way leaves damaged chunks') from e
+
+def _dask(arr, source) -> da.Array:
+    "A lazy dask view of the zarr array `arr`, chunk for chunk, that names `source` when a chunk cannot be read."
+    return da.from_array(_CheckedReads(arr, source), chunks=arr.chunks, name=False, meta=np.empty((0,)*arr.ndim, arr.dtype))
+
 def _ngff_attrs(group:zarr.Group) -> dict:
     "The NGFF metadata of `group`: zarr v3 (NGFF 0.5) keeps it under 'ome', zarr v2 (NGFF 0.4) at the top."
     attrs = dict(group.attrs)
@@ -77,7 +90,7 @@ def read_ngff(path:str|Path, # an OME-Zarr image: the folder holding the 'multis
     axes = ''.join(a['name'] if isinstance(a, dict) else a for a in ms.get('axes', _NGFF_AXES[-arr.ndim:]))
     scale = next((t['scale'] for t in ds.get('coordinateTransformations', []) if t['type']=='scale'), [1.]*arr.ndim)
     units = {a['name']: a['unit'] for a in ms.get('axes', []) if isinstance(a, dict) and 'unit' in a}
-    return LazyImage(da.from_zarr(arr), _check_axes(axes, arr.shape, path), tuple(map(float, scale)), units, path)
+    return LazyImage(_dask(arr, path), _check_axes(axes, arr.shape, path), tuple(map(float, scale)), units, path)
 
 # %% ../nbs/06_ngff.ipynb #77899ef9
 _UNITS = {'um': 'micrometer', 'micron': 'micrometer', '\\u00b5m': 'micrometer', 'µm': 'micrometer', 'nm': 'nanometer', 'mm': 'millimeter'}
@@ -103,7 +116,7 @@ def read_tiff_lazy(path:str|Path, # a TIFF file
         with tifffile.TiffFile(path) as tif:
             file_axes = tif.series[0].axes
             store = tif.series[0].aszarr()
-            data = da.from_zarr(zarr.open(store, mode='r'))
+            data = _dask(zarr.open(store, mode='r'), path)
             if 'S' in file_axes and not axes:   # RGB samples are the channels
                 data, file_axes = da.moveaxis(data, file_axes.index('S'), -3), file_axes.replace('S', '').replace('YX', 'CYX')
             ax = _check_axes(axes or file_axes, data.shape, path)

@@ -11,7 +11,8 @@ from biofastai.rescunet import rescunet_items
 from biofastai.spines import read_spines, spines_items
 from biofastai.spots import spots_items
 from biofastai.nextframe import nextframe_items
-from biofastai.ngff import read_ngff, read_tiff_lazy, read_lazy, write_ngff
+from biofastai.ngff import read_ngff, read_tiff_lazy, read_lazy, write_ngff, predict_large
+from torch import nn
 
 # ---- files -------------------------------------------------------------------------------------------------------------
 def img(h=32, w=32, seed=0, c=None):
@@ -239,6 +240,10 @@ def _zarr(t, edit=None):
     if edit: edit(root)
     return root
 
+def _damaged_chunk(root):
+    "Overwrite the image's first chunk with noise, as a copy that stopped part-way might leave it."
+    garbage(next(p for p in sorted((root/'0').rglob('*')) if p.is_file() and not p.name.startswith('.')))
+
 def _attrs(root, f): (root/'.zattrs').write_text(f(__import__('json').loads((root/'.zattrs').read_text())))
 
 LAZY = {
@@ -250,6 +255,9 @@ LAZY = {
     'ngff-level-out-of-range': lambda t: (lambda r: (lambda: read_ngff(r, level=3), 'level 3'))(_zarr(t)),
     'ngff-axes-disagree-with-array': lambda t: (lambda r: (lambda: read_ngff(r), 'img.ome.zarr'))(
         _zarr(t, lambda r: _attrs(r, lambda a: __import__('json').dumps(a | dict(multiscales=[a['multiscales'][0] | dict(axes=['y', 'x'])]))))),
+    'ngff-damaged-chunk': lambda t: (lambda r: (lambda: read_ngff(r).data.compute(), 'img.ome.zarr'))(_zarr(t, _damaged_chunk)),
+    'ngff-damaged-chunk-predict-large': lambda t: (lambda r: (lambda: predict_large(nn.Conv2d(2, 2, 1), r, dest=t/'out.ome.zarr', tile_size=16, overlap=4),
+                                                              'img.ome.zarr'))(_zarr(t, _damaged_chunk)),
     'tiff-missing-file': lambda t: (lambda: read_tiff_lazy(t/'gone.tif'), 'gone.tif'),
     'tiff-folder': lambda t: ((t/'d.tif').mkdir(), (lambda: read_tiff_lazy(t/'d.tif'), 'd.tif'))[1],
     'tiff-zero-byte': lambda t: (lambda: read_tiff_lazy(zero_bytes(t/'zero.tif')), 'zero.tif'),
