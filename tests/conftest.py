@@ -1,5 +1,10 @@
 "Fixtures shared by several test modules."
-import pytest
+import os, pytest, torch
+
+if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:   # pytest -n N: share the cores among the workers (and the processes they start) instead of oversubscribing them
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
+    os.environ.update(OMP_NUM_THREADS=_threads, MKL_NUM_THREADS=_threads)
+    torch.set_num_threads(int(_threads))
 from biofastai.io import read_stack, read_mask
 from biofastai.synth import synth_cells, synth_videos, synth_spots, synth_nextframe, synth_dendrites
 from biofastai.rescunet import write_rescunet_samples
