@@ -16,14 +16,17 @@ from biofastai.bioimageio import export_bioimageio, learner_workflow
 # the tiny recipes of tests/test_cli.py, smaller still where a workflow allows it
 OPTS = dict(cellseg=['--loading-codes', '1', '100', '7', '--arch', 'resnet18', '--lr', '5e-3', '--size', '32', '--bs', '4', '--no-pretrained'],
             rescunet=['--width', '4', '--bs', '4'], spots=['--layer-depth', '8', '--backprop-length', '3', '--bs', '2'],
+            spots_fb=['--arch-path', 'forward_backward', '--layer-depth', '8', '--backprop-length', '3', '--bs', '2'],
             nextframe=['--hidden', '8', '--bs', '4'], spines=['--filters', '4', '8', '16', '--fc', '16', '8'])
 
 @pytest.fixture(scope='module')
 def learners(tiny_data, tmp_path_factory):
     "One briefly trained learner of each workflow (on the shared tiny data), exported and reloaded as `biofastai export` would read it."
     d = tmp_path_factory.mktemp('bioimageio')
-    for wf in OPTS: main(['train', wf, str(tiny_data[wf]), '--epochs', '1', *OPTS[wf], '--out', str(d/'models'/f'{wf}.pkl')])
-    return d, {wf: load_learner(d/'models'/f'{wf}.pkl') for wf in OPTS}
+    for k in OPTS: main(['train', _wf(k), str(tiny_data[_wf(k)]), '--epochs', '1', *OPTS[k], '--out', str(d/'models'/f'{k}.pkl')])
+    return d, {k: load_learner(d/'models'/f'{k}.pkl') for k in OPTS}
+
+def _wf(k:str) -> str: return k.removesuffix('_fb')   # spots_fb: the spot model in forward_backward
 
 def _workflow_prediction(wf, learn, xs):
     "What the workflow's own functions predict for the package's test inputs (raw), shaped like the package's output."
@@ -34,12 +37,13 @@ def _workflow_prediction(wf, learn, xs):
     img = channel_loader(learn.dls).encodes(xs[0][0])   # rescunet: the network on one sub-image, normalised as `rescunet_predict` does
     with torch.no_grad(): return learn.model.eval()(torch.from_numpy(img)[None], torch.from_numpy(xs[1])).softmax(1).numpy()
 
-@pytest.mark.parametrize('wf', list(OPTS))
-def test_package_passes_and_predicts_as_the_workflow(learners, wf):
+@pytest.mark.parametrize('k', list(OPTS))
+def test_package_passes_and_predicts_as_the_workflow(learners, k):
     d, ls = learners
-    learn = ls[wf]
+    learn, wf = ls[k], _wf(k)
     assert learner_workflow(learn)==wf
-    pkg = export_bioimageio(learn, d/'packages'/(f'{wf}.zip' if wf=='cellseg' else wf))
+    if wf=='spots': assert learn.model.arch_path==('forward_backward' if k=='spots_fb' else 'forward')
+    pkg = export_bioimageio(learn, d/'packages'/(f'{k}.zip' if wf=='cellseg' else k))
     assert pkg.exists() and (pkg.suffix=='.zip' or {'rdf.yaml', 'README.md', 'cover.png', 'weights.pt', 'weights_torchscript.pt'} <= {f.name for f in pkg.iterdir()})
     summary = bc.test_model(pkg if pkg.suffix=='.zip' else pkg/'rdf.yaml')   # both weight formats, test tensors, and other sizes where axes are parameterised
     assert summary.status=='passed', summary.format()
