@@ -122,19 +122,20 @@ class MaskedLoss:
     def __repr__(self): return f"MaskedLoss({'pixel_cross_entropy' if self.base is None else self.base}, axis={self.axis})"
 
 # %% ../nbs/10_losses.ipynb #e0e03a1c
-class RMSELoss:
-    "Square root of the mean squared error over the batch; prediction and target must have the same shape."
-    def __init__(self, reduction:str='mean'): # 'mean': one number for the batch; 'none': one RMSE per sample
-        self.reduction = reduction
+def _squared_error(pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor: return (pred-target)**2
 
-    def __call__(self, pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
-        "RMSE of `pred` against `target`."
+class RMSELoss:
+    "RMSE of each sample over its weighted pixels, averaged over the batch; prediction and target must have the same shape."
+    def __init__(self, reduction:str='mean'): # 'mean': the mean of the per-sample RMSEs; 'none': one RMSE per sample
+        self.reduction, self.mean_square = reduction, MaskedLoss(_squared_error, reduction='none')
+
+    def __call__(self, pred:torch.Tensor, target:torch.Tensor, weights:torch.Tensor|None=None) -> torch.Tensor:
+        "RMSE of `pred` against `target`, each pixel counted with its weight (None: all alike)."
         pred, target = _plain(pred), _plain(target)
         if pred.shape!=target.shape:
             raise ShapeError('RMSELoss', f'prediction {tuple(pred.shape)} and target {tuple(target.shape)}', 'equal shapes',
                              'make the model return one prediction per target (the shapes must match, nothing is broadcast)')
-        se = (pred-target.to(pred.dtype))**2
-        mse = se.flatten(1).mean(1) if self.reduction=='none' else se.mean()
-        return mse.clamp_min(1e-12).sqrt()
+        rmse = self.mean_square(pred, target.to(pred.dtype), weights).clamp_min(1e-12).sqrt()
+        return rmse if self.reduction=='none' else rmse.mean()
 
     def __repr__(self): return 'RMSELoss()'

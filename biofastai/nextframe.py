@@ -26,7 +26,7 @@ from plum import dispatch
 from .core import *
 from .io import read_stack, read_table, write_tiff, image_files
 from .sequences import SequenceBlock, SeqDihedral
-from .losses import MaskedLoss
+from .losses import RMSELoss
 from .metrics import instance_iou
 from .layers import ConvLSTM
 from .callbacks import checkpointed
@@ -209,8 +209,6 @@ def nextframe_dls(source, # folder, DataFrame, array or list of sequences (see `
     return dls
 
 # %% ../nbs/23_nextframe.ipynb #af5b1e34
-def _squared_error(pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor: return (pred-target)**2
-
 def _aligned(pred:torch.Tensor, target:torch.Tensor, valid:torch.Tensor|None) -> tuple:
     "Plain tensors: `pred`, the last `S` steps of `target`, and `valid` as weights of pred's shape."
     pred, target = pred.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
@@ -224,11 +222,9 @@ def _aligned(pred:torch.Tensor, target:torch.Tensor, valid:torch.Tensor|None) ->
 
 class NextFrameRMSE:
     "RMSE of each sample over its valid pixels and predicted steps, averaged over the batch."
-    def __init__(self): self.per_pixel = MaskedLoss(_squared_error, reduction='none')
     def per_sample(self, pred, target, valid=None) -> torch.Tensor:
         "One RMSE per sample (B,)."
-        pred, target, w = _aligned(pred, target, valid)
-        return self.per_pixel(pred, target, w).clamp_min(1e-12).sqrt()
+        return RMSELoss('none')(*_aligned(pred, target, valid))
     def __call__(self, pred, target, valid=None) -> torch.Tensor:
         "The mean of the per-sample RMSEs."
         return self.per_sample(pred, target, valid).mean()
