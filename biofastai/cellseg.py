@@ -320,14 +320,15 @@ def cellseg_fit(learn:Learner, # from `cellseg_learner`
                 epochs:int|None=None, # epochs with everything trainable; None: the fewest that make `steps` optimizer steps
                 lr:float|None=None, # peak learning rate; None: the LR finder's valley suggestion, at most `max_lr`
                 freeze_epochs:int=5, # epochs with the pretrained encoder frozen first (pretrained learners only)
-                steps:int=150, # optimizer steps with everything trainable, when `epochs` is None
+                steps:int|None=None, # optimizer steps with everything trainable, when `epochs` is None; None: 150 for a pretrained encoder, 450 from random weights
                 max_lr:float=3e-3, # ceiling of the LR finder's suggestion
                ) -> Learner:
     "Fit with the seed's recipe through fastai's `fine_tune`: frozen epochs at `lr`, then unfrozen at `slice(lr/100, lr/2)`; the best epoch's weights are kept."
-    if epochs is None: epochs = epochs_for(steps, len(learn.dls.train))
+    pretrained = getattr(learn, 'pretrained', False)
+    if epochs is None: epochs = epochs_for(steps or (150 if pretrained else 450), len(learn.dls.train))
     if lr is None: lr = min(learn.lr_find(show_plot=False).valley, max_lr)
     best = BestWeights()   # lowest validation loss
-    if not getattr(learn, 'pretrained', False): learn.fit_one_cycle(epochs, lr, cbs=best)
+    if not pretrained: learn.fit_one_cycle(epochs, lr, cbs=best)
     elif freeze_epochs: learn.fine_tune(epochs, lr, freeze_epochs, lr_mult=50, cbs=best)   # unfrozen at slice(lr/2/50, lr/2)
     else: learn.unfreeze(); learn.fit_one_cycle(epochs, slice(lr/100, lr/2), cbs=best)
     return learn

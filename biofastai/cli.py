@@ -359,7 +359,7 @@ def _workflow_parsers(sub, verb:str, help:str, func) -> dict:
         p = wfs.add_parser(wf, help=what, description=f'{help}: {what}')
         p.add_argument('data', help=data)
         e = p.add_argument_group('experiment', f'the model and its training (see {wf}_train)')
-        e.add_argument('--epochs', type=int, default=argparse.SUPPRESS, help=f'epochs of training (default: {epochs if epochs is not None else "enough for 150 optimizer steps"})')
+        e.add_argument('--epochs', type=int, default=argparse.SUPPRESS, help=f'epochs of training (default: {epochs if epochs is not None else "enough for 150 optimizer steps, 450 from random weights"})')
         if 'lr' not in {k for k,v in exp.items() if v}: e.add_argument('--lr', type=float, default=argparse.SUPPRESS, help="peak learning rate (default: the workflow's)")
         exp_keys = ['epochs', 'lr']
         for k, fn in exp.items():
